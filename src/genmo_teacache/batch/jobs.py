@@ -1,0 +1,172 @@
+"""Jobs (prompt x mode x sample), where their files go, what they cost, and how they are split.
+
+Output layout under ``<output-dir>``::
+
+    videos/<mode>/<prompt stem>-<i>.mp4      videos only (VBench reads the suffix off the first listed file)
+    reports/<mode>/<prompt stem>-<i>.json    per-video sidecar: job, settings, generation report, log entry
+    logs/generation_log_<start>-<end>[_gpu<k>of<n>].json   {"runs": [...]}: one entry per finished job
+    prompt_names.json                        {file stem: prompt} for prompts mapped to safe names
+
+Sample ``i`` of every prompt uses seed ``generation_seed + i`` in every mode, so modes are compared on the same
+noise.
+
+Cost model (:func:`estimate_cost`, used for longest-first scheduling and for balancing ``--gpu-id`` shares; only
+ratios matter). A baseline video costs 1.0: :data:`FIXED_COST_SHARE` of it for text encoding and decoding, the rest
+for the denoising steps. Under TeaCache a step is computed when the accumulated, rescaled indicator reaches the
+threshold ``t``; with a typical increment ``r`` (:data:`TYPICAL_INCREMENT`) per step that happens about once every
+``1 + t / r`` steps, so a step is computed with probability ``r / (r + t)`` (at least ``1 / (1 + max_skips)``
+under a skip limit). The first and the last step are always computed. With r = 0.1 this predicts 1.36x for
+``fixed_0.04``, 2.0x for ``fixed_0.12`` and 1.64x for ``adaptive_0.12_0.04`` at 64 steps (reference measurements:
+1.27x, 2.44x, 1.43x): rough, but it orders jobs correctly, which is all scheduling needs.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from genmo_teacache.batch.naming import prompt_stem
+from genmo_teacache.batch.prompts import PromptEntry
+from genmo_teacache.config import CacheConfig
+
+MAX_SAMPLES = 5  # VBench's standard mode reads samples 0-4
+FIXED_COST_SHARE = 0.05  # text encoding + decoding, as a share of a baseline video
+TYPICAL_INCREMENT = 0.1  # typical rescaled indicator added to the accumulator per step
+
+VIDEOS = "videos"
+REPORTS = "reports"
+LOGS = "logs"
+PROMPT_NAMES = "prompt_names.json"
+VIDEO_SUFFIX = ".mp4"
+
+
+class BatchError(Exception):
+    """A problem with the batch's inputs or outputs that the user must fix; the message says what and how."""
+
+
+def computed_fraction(cache: CacheConfig, num_steps: int) -> float:
+    """Expected share of the denoising steps that are computed (1.0 for the baseline); see the module docstring."""
+    if not cache.enabled or num_steps <= 2:
+        return 1.0
+    floor = 0.0 if cache.max_skips is None else 1.0 / (1.0 + cache.max_skips)
+    middle = cache.thresholds(num_steps)[1:-1]
+    expected = sum(max(floor, min(1.0, TYPICAL_INCREMENT / (TYPICAL_INCREMENT + t))) for t in middle)
+    return (2.0 + expected) / num_steps
+
+
+def estimate_cost(cache: CacheConfig, num_steps: int) -> float:
+    """Relative cost of one video; a baseline video costs exactly 1.0."""
+    return FIXED_COST_SHARE + (1.0 - FIXED_COST_SHARE) * computed_fraction(cache, num_steps)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One video: a prompt in a mode, sample ``sample`` with seed ``seed``."""
+
+    index: int  # position in the job list: prompt-major, then mode (as given), then sample
+    prompt_index: int  # index of the prompt in the prompt list
+    prompt: str
+    stem: str  # file stem of the prompt (the prompt itself unless unsafe)
+    mode: str  # as the user wrote it: the folder name
+    sample: int
+    seed: int
+    cost: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.mode}/{self.stem}-{self.sample}"
+
+    @property
+    def cache(self) -> CacheConfig:
+        return CacheConfig.from_mode(self.mode)
+
+    @property
+    def video_relpath(self) -> str:
+        return f"{VIDEOS}/{self.mode}/{self.stem}-{self.sample}{VIDEO_SUFFIX}"
+
+    @property
+    def report_relpath(self) -> str:
+        return f"{REPORTS}/{self.mode}/{self.stem}-{self.sample}.json"
+
+    def video_path(self, root: str | Path) -> Path:
+        return Path(root) / self.video_relpath
+
+    def report_path(self, root: str | Path) -> Path:
+        return Path(root) / self.report_relpath
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["id"] = self.id
+        return d
+
+
+def select_prompts(prompts: list[PromptEntry], start_idx: int = 0,
+                   end_idx: int | None = None) -> list[tuple[int, PromptEntry]]:
+    """``prompts[start_idx:end_idx]`` with their indices; raises BatchError on an empty or invalid range."""
+    n = len(prompts)
+    end = n if end_idx is None else min(end_idx, n)
+    if start_idx < 0 or start_idx >= n or end <= start_idx:
+        raise BatchError(f"--start-idx {start_idx} / --end-idx {end_idx} select no prompts of the {n} in the list "
+                         f"(use 0 <= start < end, end <= {n})")
+    return list(enumerate(prompts))[start_idx:end]
+
+
+def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, CacheConfig]], num_samples: int,
+               generation_seed: int, num_steps: int) -> list[Job]:
+    """Every (prompt, mode, sample) job. Checks that every mode's schedule fits ``num_steps`` and that no two
+    prompts share a file stem; raises BatchError naming the mode or prompts otherwise."""
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise BatchError(f"--num-samples {num_samples}: use 1 to {MAX_SAMPLES} (VBench reads samples 0-4)")
+    costs: dict[str, float] = {}
+    for mode, cache in modes:
+        try:
+            costs[mode] = estimate_cost(cache, num_steps)
+        except ValueError as e:
+            raise BatchError(f"mode {mode!r}: {e}") from None
+    stems: dict[str, str] = {}
+    jobs: list[Job] = []
+    for prompt_index, entry in prompts:
+        stem = prompt_stem(entry.text)
+        if stems.setdefault(stem, entry.text) != entry.text:
+            raise BatchError(f"prompts {stems[stem]!r} and {entry.text!r} map to the same file name {stem!r}")
+        for mode, _ in modes:
+            for sample in range(num_samples):
+                jobs.append(Job(len(jobs), prompt_index, entry.text, stem, mode, sample, generation_seed + sample,
+                                costs[mode]))
+    return jobs
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """Most expensive first; ties keep job order (deterministic)."""
+    return sorted(jobs, key=lambda j: (-j.cost, j.index))
+
+
+def split_jobs(jobs: list[Job], shares: int) -> list[list[Job]]:
+    """Cost-balanced split into ``shares`` lists: longest job first onto the least loaded share (ties: the lowest
+    share). Deterministic, so every process computes the same split from the same job list; every job lands in
+    exactly one share. Each share is returned in job order."""
+    if shares < 1:
+        raise BatchError(f"--total-gpus {shares}: use a positive number of shares")
+    heap = [(0.0, k) for k in range(shares)]
+    out: list[list[Job]] = [[] for _ in range(shares)]
+    for job in longest_first(jobs):
+        load, k = heapq.heappop(heap)
+        out[k].append(job)
+        heapq.heappush(heap, (load + job.cost, k))
+    return [sorted(share, key=lambda j: j.index) for share in out]
+
+
+def share_of(jobs: list[Job], shares: int) -> dict[int, int]:
+    """job index -> share number under :func:`split_jobs`."""
+    return {job.index: k for k, share in enumerate(split_jobs(jobs, shares)) for job in share}
+
+
+def log_name(start_idx: int, end_idx: int, gpu_id: int | None = None, total_gpus: int = 1) -> str:
+    """``generation_log_<start>-<end>.json`` (prompt index range, end exclusive), with ``_gpu<k>of<n>`` when the
+    jobs are split by hand."""
+    name = f"generation_log_{start_idx}-{end_idx}"
+    if gpu_id is not None and total_gpus > 1:
+        name += f"_gpu{gpu_id}of{total_gpus}"
+    return name + ".json"

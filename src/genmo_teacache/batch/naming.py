@@ -1,0 +1,65 @@
+"""File names: prompts as VBench file stems, and mode names as folder names.
+
+VBench's standard mode looks for ``{prompt}-{i}.mp4``, so a prompt is used verbatim as the file stem whenever
+that is safe. A prompt that is not (a slash or backslash, a control character or NUL, a leading dot, which
+would also hide it or make it look like a ``.tmp-`` file, or more than :data:`MAX_STEM_BYTES` bytes of UTF-8) is
+mapped deterministically to ``<sanitized prefix>~<10 hex digits of its sha256>``; the mapping of every mapped
+prompt is written to ``<output-dir>/prompt_names.json`` (``{file stem: prompt}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from genmo_teacache.config import CacheConfig
+
+MAX_STEM_BYTES = 200
+HASH_CHARS = 10
+_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def stem_is_safe(text: str) -> bool:
+    """Whether ``text`` can be used verbatim as a file stem (and as a mode folder name)."""
+    return (
+        bool(text.strip())
+        and not text.startswith(".")
+        and _UNSAFE_CHARS.search(text) is None
+        and len(text.encode("utf-8")) <= MAX_STEM_BYTES
+    )
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def prompt_stem(prompt: str) -> str:
+    """The file stem of a prompt: the prompt itself when safe, else a sanitized prefix plus a short hash."""
+    if stem_is_safe(prompt):
+        return prompt
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:HASH_CHARS]
+    clean = _UNSAFE_CHARS.sub("_", prompt).lstrip(". ").strip()
+    clean = _truncate_utf8(clean, MAX_STEM_BYTES - HASH_CHARS - 1).rstrip()
+    return f"{clean or 'prompt'}~{digest}"
+
+
+def parse_modes(text: str | list[str] | tuple[str, ...]) -> list[tuple[str, CacheConfig]]:
+    """``"baseline,fixed_0.04"`` -> [(mode as written, its CacheConfig), ...] in the order given.
+
+    A mode is any name :meth:`CacheConfig.from_mode` accepts (``mochi_`` prefixes included); its folder keeps the
+    name as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    modes: list[tuple[str, CacheConfig]] = []
+    seen: set[str] = set()
+    for raw in items:
+        mode = raw.strip()
+        if not mode or mode in seen:
+            continue
+        if not stem_is_safe(mode):
+            raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
+        modes.append((mode, CacheConfig.from_mode(mode)))
+        seen.add(mode)
+    if not modes:
+        raise ValueError(f"no modes given in {text!r}: use e.g. baseline,fixed_0.04,adaptive_0.12_0.04")
+    return modes

@@ -1,0 +1,236 @@
+"""What is finished, what is stale, and the generation log.
+
+A job is finished when its video exists. Every job writes its sidecar report first and its video last, both
+atomically (``video.atomic_path``: temporary ``.tmp-*`` name, renamed when complete), so a finished video always
+has its report, and a killed run leaves at most a report without a video (the job is simply redone) and
+``.tmp-*`` files (removed by the next run, for its own jobs only, so that concurrent ``--gpu-id`` processes never
+delete each other's files in flight).
+
+The generation log is derived from the reports: after every finished job the log is rewritten atomically with
+the log entries of all finished jobs of this invocation's job set, in job order. Its entries are therefore
+exactly the finished jobs, whatever was killed when.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
+from genmo_teacache.video import TMP_PREFIX, write_json
+
+logger = logging.getLogger(__name__)
+
+_RANDOM_PART = re.compile(r"[a-z0-9_]+")  # tempfile's random names: never a "-"
+STALE_AFTER_S = 300.0  # a shared file's temporary copy older than this is left over from a killed run
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, ...), for comparisons with stored files."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_json(path: Path) -> Any | None:
+    """Parsed JSON, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mismatch(job: Job, report: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    rjob = report.get("job", {})
+    if rjob.get("prompt") != job.prompt:
+        return f"prompt {rjob.get('prompt')!r} != {job.prompt!r}"
+    if rjob.get("seed") != job.seed:
+        return f"seed {rjob.get('seed')} != {job.seed}"
+    old = report.get("settings", {})
+    diff = [f"{k} {old[k]!r} != {v!r}" for k, v in settings.items() if k in old and old[k] != v]
+    return ", ".join(diff) or None
+
+
+def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """job index -> log entry of every finished job (video and report present).
+
+    Raises BatchError if a finished video was made with another prompt, seed or generation settings, since a
+    resumed evaluation must not mix them: use another ``--output-dir`` or delete the stale videos.
+    """
+    settings = jsonable(settings)
+    done: dict[int, dict[str, Any]] = {}
+    conflicts: list[str] = []
+    for job in jobs:
+        video = job.video_path(root)
+        if not video.exists():
+            continue
+        report = read_json(job.report_path(root))
+        if not isinstance(report, dict) or "log_entry" not in report:
+            logger.warning("%s has no readable report %s: it is generated again", video, job.report_relpath)
+            continue
+        problem = _mismatch(job, report, settings)
+        if problem:
+            conflicts.append(f"{job.video_relpath}: {problem}")
+            continue
+        done[job.index] = report["log_entry"]
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise BatchError(
+            f"{len(conflicts)} finished video(s) in {root} were generated with other settings, e.g. "
+            f"{conflicts[0]}{more}. Use another --output-dir, or delete them to regenerate."
+        )
+    return done
+
+
+def _tmp_base(name: str, suffix: str) -> str | None:
+    """The target stem of a temporary file ``.tmp-<stem>-<random><suffix>``, or None."""
+    if not (name.startswith(TMP_PREFIX) and name.endswith(suffix)):
+        return None
+    base, sep, rand = name[len(TMP_PREFIX): len(name) - len(suffix)].rpartition("-")
+    return base if sep and _RANDOM_PART.fullmatch(rand) else None
+
+
+def _remove_tmp(folder: Path, suffix: str, stems: set[str], removed: list[Path]) -> None:
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if _tmp_base(p.name, suffix) in stems:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+
+
+def clean_stale_tmp(jobs: Iterable[Job], root: Path, log_path: Path | None = None) -> list[Path]:
+    """Remove the temporary files of these jobs (and of this log) that a killed run left behind.
+
+    Only files that belong to the given jobs are touched: other processes may be writing their own.
+    """
+    by_mode: dict[str, set[str]] = {}
+    for job in jobs:
+        by_mode.setdefault(job.mode, set()).add(f"{job.stem}-{job.sample}")
+    removed: list[Path] = []
+    for mode, stems in by_mode.items():
+        _remove_tmp(root / VIDEOS / mode, ".mp4", stems, removed)
+        _remove_tmp(root / REPORTS / mode, ".json", stems, removed)
+    if log_path is not None:
+        _remove_tmp(log_path.parent, ".json", {log_path.stem}, removed)
+    # prompt_names.json is shared by every process on this output dir: only an old temporary copy is stale
+    now = time.time()
+    for p in root.glob(TMP_PREFIX + Path(PROMPT_NAMES).stem + "-*.json") if root.is_dir() else ():
+        try:
+            if now - p.stat().st_mtime > STALE_AFTER_S:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        except OSError:
+            pass
+    if removed:
+        logger.info("removed %d stale temporary file(s) of an earlier run", len(removed))
+    return removed
+
+
+def record_prompt_names(root: Path, jobs: Iterable[Job]) -> Path:
+    """Add the mapped prompts of these jobs to ``prompt_names.json`` ({file stem: prompt}); written only when it
+    changes (it is always present after a run, ``{}`` when no prompt needed mapping)."""
+    path = root / PROMPT_NAMES
+    old = read_json(path)
+    names = dict(old) if isinstance(old, dict) else {}
+    for job in jobs:
+        if job.stem != job.prompt:
+            names[job.stem] = job.prompt
+    if names != old:
+        write_json(path, dict(sorted(names.items())))
+    return path
+
+
+class GenerationLog:
+    """``logs/generation_log_<start>-<end>[...].json``: ``{"runs": [entry, ...], ...}``, one entry per finished
+    job of this job set, in job order; rewritten atomically after every change."""
+
+    def __init__(self, path: Path, jobs: list[Job], meta: dict[str, Any] | None = None):
+        self.path = path
+        self.order = {job.index: i for i, job in enumerate(jobs)}
+        self.meta = dict(meta or {})
+        self.entries: dict[int, dict[str, Any]] = {}
+
+    def add(self, job_index: int, entry: dict[str, Any], write: bool = True) -> None:
+        self.entries[job_index] = entry
+        if write:
+            self.write()
+
+    def write(self) -> None:
+        runs = [self.entries[i] for i in sorted(self.entries, key=self.order.__getitem__)]
+        write_json(self.path, {"runs": runs, **self.meta, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def read_logs(root: Path) -> list[dict[str, Any]]:
+    """Every run of every ``logs/generation_log_*.json`` under ``root``, one per (mode, prompt, sample): a job
+    logged by several overlapping invocations counts once (the most recently written file wins)."""
+    runs: dict[tuple[Any, ...], dict[str, Any]] = {}
+    files = sorted((root / LOGS).glob("generation_log_*.json"), key=lambda p: p.stat().st_mtime)
+    for path in files:
+        data = read_json(path)
+        for run in data.get("runs", []) if isinstance(data, dict) else []:
+            runs[(run.get("mode"), run.get("prompt"), run.get("sample", 0))] = run
+    return list(runs.values())
+
+
+def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
+              baseline: str | None = None) -> list[dict[str, Any]]:
+    """Per mode: videos, mean/std latency, speedup over the baseline on the videos both have, computed steps.
+
+    ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``).
+    """
+    from genmo_teacache.config import CacheConfig
+
+    by_mode: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = {}
+    for run in runs:
+        by_mode.setdefault(run["mode"], {})[(run["prompt"], run.get("sample", 0))] = run
+    order = [m for m in (modes or sorted(by_mode)) if m in by_mode]
+    if baseline is None:
+        baseline = next((m for m in order if _is_baseline(m, CacheConfig)), None)
+    rows = []
+    for mode in order:
+        mruns = by_mode[mode]
+        times = [r["time_seconds"] for r in mruns.values()]
+        computed = [r.get("cache", {}).get("computed_steps") for r in mruns.values()]
+        skipped = [r.get("cache", {}).get("skipped_steps") for r in mruns.values()]
+        fractions = [c / (c + s) for c, s in zip(computed, skipped, strict=True)
+                     if isinstance(c, int | float) and isinstance(s, int | float) and c + s > 0]
+        speedup = math.nan
+        if baseline in by_mode:
+            common = sorted(set(mruns) & set(by_mode[baseline]))
+            if common:
+                base_t = sum(by_mode[baseline][k]["time_seconds"] for k in common)
+                mode_t = sum(mruns[k]["time_seconds"] for k in common)
+                speedup = base_t / mode_t if mode_t > 0 else math.nan
+        rows.append({
+            "mode": mode,
+            "videos": len(mruns),
+            "latency_s": statistics.fmean(times),
+            "latency_std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
+            "speedup": speedup,
+            "computed_fraction": statistics.fmean(fractions) if fractions else math.nan,
+        })
+    return rows
+
+
+def _is_baseline(mode: str, cls: Any) -> bool:
+    try:
+        return not cls.from_mode(mode).enabled
+    except ValueError:
+        return False
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`summarize` rows."""
+    lines = ["| mode | videos | latency (s) | speedup | computed steps |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        speed = "" if math.isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
+        frac = "" if math.isnan(r["computed_fraction"]) else f"{100 * r['computed_fraction']:.0f}%"
+        lines.append(f"| {r['mode']} | {r['videos']} | {r['latency_s']:.1f} ± {r['latency_std_s']:.1f} | {speed} "
+                     f"| {frac} |")
+    return "\n".join(lines)
