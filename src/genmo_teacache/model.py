@@ -1,0 +1,182 @@
+"""``TeaCacheAsymmDiTJoint``: upstream's DiT with its forward split into phases a caching sampler can drive.
+
+    prepare_step      patch embedding, timestep + pooled-text conditioning, RoPE, context-parallel shard
+    modulated_input   block 0's modulated input RMSNorm(x) * (1 + scale_msa_x): TeaCache's indicator source
+    run_blocks        all transformer blocks (the expensive part a skipped step avoids)
+    finish            final layer (with the current step's modulation), all-gather, unpatchify
+
+Called as a plain module, ``forward`` chains the phases and returns exactly what upstream's forward returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from genmo_teacache import compat
+
+compat.apply()
+
+import genmo.mochi_preview.dit.joint_model.asymm_models_joint as upstream_dit  # noqa: E402
+import genmo.mochi_preview.dit.joint_model.context_parallel as cp  # noqa: E402
+from genmo.mochi_preview.dit.joint_model.mod_rmsnorm import modulated_rmsnorm  # noqa: E402
+
+AsymmDiTJoint = upstream_dit.AsymmDiTJoint
+
+
+@dataclass
+class StepInputs:
+    """What ``prepare_step`` produces for one DiT call (one CFG branch, or both when CFG is batched)."""
+
+    x: torch.Tensor  # (B, M, D) visual tokens of this context-parallel rank
+    c: torch.Tensor  # (B, D) conditioning
+    y_feat: torch.Tensor  # (B, L, D_y) projected text tokens
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    packed_indices: dict[str, Any]
+    thw: tuple[int, int, int]  # latent T, H, W
+
+
+class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
+    """Upstream ``AsymmDiTJoint`` plus phase methods. Holds no cache state: the sampler owns it."""
+
+    def prepare_step(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        y_feat: list[torch.Tensor],
+        y_mask: list[torch.Tensor],
+        packed_indices: dict[str, Any] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> StepInputs:
+        """Upstream's ``prepare`` plus the context-parallel shard. With a ``memo`` dict (one per CFG branch and
+        generation), what does not change between steps (pooled and projected text, RoPE) is computed once:
+        the same operations on the same inputs, so the results are bit-identical, and the masked T5 pooling
+        (a 4096 x 8192 projection of 257 tokens) is not redone every step."""
+        T, H, W = x.shape[-3:]
+        # Same backend choice as upstream: EFFICIENT_ATTENTION for the masked pooling (shimmed on CPU). Looked up
+        # on the upstream module so the compat shim applies here exactly as it does to upstream's forward.
+        with upstream_dit.sdpa_kernel(torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION):
+            if memo is None:
+                x, c, y, rope_cos, rope_sin = self.prepare(x, sigma, y_feat[0], y_mask[0])
+            else:
+                x, c, y, rope_cos, rope_sin = self._prepare_with_memo(x, sigma, y_feat[0], y_mask[0], memo)
+        cp_rank, cp_size = cp.get_cp_rank_size()
+        N = x.size(1)
+        M = N // cp_size
+        assert N % cp_size == 0, f"Visual sequence length ({N}) must be divisible by cp_size ({cp_size})."
+        if cp_size > 1:
+            x = x.narrow(1, cp_rank * M, M)
+            assert self.num_heads % cp_size == 0
+            local_heads = self.num_heads // cp_size
+            rope_cos = rope_cos.narrow(1, cp_rank * local_heads, local_heads)
+            rope_sin = rope_sin.narrow(1, cp_rank * local_heads, local_heads)
+        return StepInputs(x, c, y, rope_cos, rope_sin, packed_indices or {}, (T, H, W))
+
+    def _prepare_with_memo(self, x, sigma, t5_feat, t5_mask, memo):
+        """Upstream ``AsymmDiTJoint.prepare``, operation for operation, with its step-invariant parts memoised."""
+        T, H, W = x.shape[-3:]
+        pH, pW = H // self.patch_size, W // self.patch_size
+        x = self.embed_x(x)
+        assert x.ndim == 3 and x.size(1) == T * pH * pW
+        rope = memo.setdefault("shared", {})  # RoPE depends on positions only: CFG branches may share it
+        if "rope" not in rope:
+            pos = upstream_dit.create_position_matrix(T, pH=pH, pW=pW, device=x.device, dtype=torch.float32)
+            rope["rope"] = upstream_dit.compute_mixed_rotation(freqs=self.pos_frequencies, pos=pos)
+        c_t = self.t_embedder(1 - sigma)
+        if "t5_y_pool" not in memo:
+            assert t5_feat.size(1) == self.t5_token_length, f"Expected L={self.t5_token_length}, got {t5_feat.shape}"
+            memo["t5_y_pool"] = self.t5_y_embedder(t5_feat, t5_mask)
+            memo["y_feat"] = self.t5_yproj(t5_feat)
+        assert memo["t5_y_pool"].size(0) == x.size(0)
+        return x, c_t + memo["t5_y_pool"], memo["y_feat"], *rope["rope"]
+
+    def block0_modulation(self) -> nn.Linear:
+        """The linear producing block 0's modulation. Under FSDP its parameters are flat shards outside the
+        block's forward; the multi-GPU pipeline then provides a replicated copy (see pipelines)."""
+        replicated = getattr(self, "_replicated_mod_x0", None)
+        return self.blocks[0].mod_x if replicated is None else replicated
+
+    def modulated_input(self, inputs: StepInputs) -> torch.Tensor:
+        """Block 0's modulated input, computed as block 0 computes it before its attention."""
+        mod_x = self.block0_modulation()(F.silu(inputs.c))
+        scale_msa_x = mod_x.chunk(4, dim=1)[0]
+        return modulated_rmsnorm(inputs.x, scale_msa_x)
+
+    def run_blocks(
+        self,
+        inputs: StepInputs,
+        num_ff_checkpoint: int = 0,
+        num_qkv_checkpoint: int = 0,
+        num_post_attn_checkpoint: int = 0,
+    ) -> torch.Tensor:
+        x, y_feat = inputs.x, inputs.y_feat
+        for i, block in enumerate(self.blocks):
+            x, y_feat = block(
+                x,
+                inputs.c,
+                y_feat,
+                rope_cos=inputs.rope_cos,
+                rope_sin=inputs.rope_sin,
+                packed_indices=inputs.packed_indices,
+                checkpoint_ff=i < num_ff_checkpoint,
+                checkpoint_qkv=i < num_qkv_checkpoint,
+                checkpoint_post_attn=i < num_post_attn_checkpoint,
+            )
+        return x
+
+    def finish(self, x: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
+        T, H, W = inputs.thw
+        _, cp_size = cp.get_cp_rank_size()
+        x = self.final_layer(x, inputs.c)  # (B, M, patch_size ** 2 * out_channels)
+        patch = x.size(2)
+        x = cp.all_gather(x)
+        x = rearrange(x, "(G B) M P -> B (G M) P", G=cp_size, P=patch)
+        return rearrange(
+            x,
+            "B (T hp wp) (p1 p2 c) -> B c T (hp p1) (wp p2)",
+            T=T,
+            hp=H // self.patch_size,
+            wp=W // self.patch_size,
+            p1=self.patch_size,
+            p2=self.patch_size,
+            c=self.out_channels,
+        )
+
+    def forward(self, *args: Any, phase: str = "full", **kwargs: Any) -> Any:
+        """``phase="full"`` (default): upstream's forward, same arguments, same result. The sampler calls the
+        other phases through ``forward`` too (``"prepare"``, ``"modulated_input"``, ``"blocks"``, ``"finish"``)
+        so that wrappers such as FSDP see a forward call and gather the parameters the phase needs."""
+        if phase == "full":
+            return self._full_forward(*args, **kwargs)
+        return getattr(self, _PHASES[phase])(*args, **kwargs)
+
+    def _full_forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        y_feat: list[torch.Tensor],
+        y_mask: list[torch.Tensor],
+        packed_indices: dict[str, Any] | None = None,
+        rope_cos: torch.Tensor | None = None,
+        rope_sin: torch.Tensor | None = None,
+        num_ff_checkpoint: int = 0,
+        num_qkv_checkpoint: int = 0,
+        num_post_attn_checkpoint: int = 0,
+    ) -> torch.Tensor:
+        if self.pos_frequencies.dtype != torch.float32:
+            import warnings
+
+            warnings.warn(f"pos_frequencies dtype {self.pos_frequencies.dtype} != torch.float32", stacklevel=2)
+        inputs = self.prepare_step(x, sigma, y_feat, y_mask, packed_indices)
+        out = self.run_blocks(inputs, num_ff_checkpoint, num_qkv_checkpoint, num_post_attn_checkpoint)
+        return self.finish(out, inputs)
+
+
+_PHASES = {"prepare": "prepare_step", "modulated_input": "modulated_input", "blocks": "run_blocks",
+           "finish": "finish"}

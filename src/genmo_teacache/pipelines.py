@@ -1,0 +1,268 @@
+"""Pipelines and model factories: upstream's, with our DiT subclass, our sampler and any device.
+
+``TeaCacheSingleGPUPipeline`` subclasses upstream's ``MochiSingleGPUPipeline``; ``TeaCacheDitModelFactory``
+subclasses ``DitModelFactory`` so it can build other sizes (a model directory's ``dit_config.json``) and any
+device, and loads ``dit.safetensors`` (and a LoRA) as upstream does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genmo_teacache import compat
+
+compat.apply()
+
+from genmo.lib.utils import Timer  # noqa: E402
+from genmo.mochi_preview import pipelines as up  # noqa: E402
+from genmo.mochi_preview.vae.models import (  # noqa: E402
+    Decoder,
+    decode_latents,
+    decode_latents_tiled_full,
+    decode_latents_tiled_spatial,
+)
+
+from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.model import TeaCacheAsymmDiTJoint  # noqa: E402
+from genmo_teacache.sampler import CacheReport, sample_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# upstream DitModelFactory.get_model's model_args (without attention_mode)
+FULL_DIT_KWARGS: dict[str, Any] = dict(
+    depth=48, patch_size=2, num_heads=24, hidden_size_x=3072, hidden_size_y=1536, mlp_ratio_x=4.0,
+    mlp_ratio_y=4.0, in_channels=12, qk_norm=True, qkv_bias=False, out_bias=True, patch_embed_bias=True,
+    timestep_mlp_bias=True, timestep_scale=1000.0, t5_feat_dim=4096, t5_token_length=256, rope_theta=10000.0,
+)
+# upstream DecoderModelFactory.get_model's Decoder kwargs
+FULL_DECODER_KWARGS: dict[str, Any] = dict(
+    out_channels=3, base_channels=128, channel_multipliers=[1, 2, 4, 6], temporal_expansions=[1, 2, 3],
+    spatial_expansions=[2, 2, 2], num_res_blocks=[3, 3, 4, 6, 3], latent_dim=12,
+    has_attention=[False, False, False, False, False], output_norm=False, nonlinearity="silu",
+    output_nonlinearity="silu", causal=True,
+)
+T5_HUB_ID = up.T5_MODEL
+
+
+def dit_kwargs(overrides: dict[str, Any] | None = None, attention_mode: str = "sdpa") -> dict[str, Any]:
+    return {**FULL_DIT_KWARGS, "attention_mode": attention_mode, **(overrides or {})}
+
+
+def decoder_kwargs(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {**FULL_DECODER_KWARGS, **(overrides or {})}
+
+
+def read_model_config(model_dir: str | Path, name: str) -> dict[str, Any]:
+    """``{model_dir}/{name}`` as a dict, or {} when absent (real weights: the full architecture)."""
+    path = Path(model_dir) / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def resolve_attention_mode(attention_mode: str | None) -> str:
+    """``auto``/None -> "flash" when flash-attn is installed, else "sdpa" (upstream's inference)."""
+    if attention_mode in (None, "auto"):
+        import importlib.util
+
+        return "flash" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+    if attention_mode not in ("flash", "sdpa", "sage"):
+        raise ValueError(f"attention_mode {attention_mode!r}: use auto, flash, sdpa or sage")
+    return attention_mode
+
+
+def _device_of(device_id: int | str) -> torch.device:
+    return torch.device(f"cuda:{device_id}") if isinstance(device_id, int) else torch.device("cpu")
+
+
+class TeaCacheDitModelFactory(up.DitModelFactory):
+    """Builds ``TeaCacheAsymmDiTJoint``; ``model_kwargs`` override the full-size architecture (upstream passes
+    ``depth`` twice and cannot build another size)."""
+
+    def __init__(self, *, model_path: str, model_dtype: str = "bf16", lora_path: str | None = None,
+                 attention_mode: str | None = None, model_kwargs: dict[str, Any] | None = None):
+        up.ModelFactory.__init__(
+            self, model_path=model_path, lora_path=lora_path, model_dtype=model_dtype,
+            attention_mode=resolve_attention_mode(attention_mode), model_kwargs=dict(model_kwargs or {}),
+        )
+
+    def get_model(self, *, local_rank, device_id, world_size, model_kwargs=None, patch_model_fns=None,
+                  strict_load=True, load_checkpoint=True, fast_init=True):
+        lora_sd = None
+        kwargs = {**self.kwargs["model_kwargs"], **(model_kwargs or {})}
+        if self.kwargs["lora_path"] is not None:
+            lora_sd, lora_kwargs = _load_lora(self.kwargs["lora_path"])
+            kwargs.update(lora_kwargs)
+        args = dit_kwargs(kwargs, self.kwargs["attention_mode"])
+        if fast_init:
+            model = torch.nn.utils.skip_init(TeaCacheAsymmDiTJoint, **args)
+        else:
+            model = TeaCacheAsymmDiTJoint(**args)
+        for fn in patch_model_fns or []:
+            model = fn(model)
+        if local_rank == 0 and load_checkpoint:
+            sd = up.load_to_cpu(self.kwargs["model_path"])
+            result = model.load_state_dict(sd, strict=strict_load)
+            if not strict_load:
+                missing = [k for k in result.missing_keys if ".lora_" not in k]
+                if missing or result.unexpected_keys:
+                    log.warning("%s: missing keys %s, unexpected keys %s", self.kwargs["model_path"], missing,
+                                result.unexpected_keys)
+            if lora_sd:
+                model.load_state_dict(lora_sd, strict=strict_load)
+        if world_size > 1:
+            assert self.kwargs["model_dtype"] == "bf16", "FP8 is not supported for multi-GPU inference"
+            model = up.setup_fsdp_sync(
+                model, device_id=device_id, param_dtype=torch.float32,
+                auto_wrap_policy=partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks),
+            )
+        else:
+            model = model.to(_device_of(device_id))
+        return model.eval()
+
+
+def _load_lora(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["kwargs"])
+    lora = up.load_to_cpu(path, weights_only=False)
+    return lora["state_dict"], lora["kwargs"]
+
+
+class TeaCacheDecoderModelFactory(up.DecoderModelFactory):
+    """Upstream's decoder factory with constructor overrides (``decoder_config.json``) and any device."""
+
+    def __init__(self, *, model_path: str, model_kwargs: dict[str, Any] | None = None):
+        up.ModelFactory.__init__(self, model_path=model_path, model_kwargs=dict(model_kwargs or {}))
+
+    def get_model(self, *, local_rank=0, device_id=0, world_size=1):
+        from safetensors.torch import load_file
+
+        decoder = Decoder(**decoder_kwargs(self.kwargs["model_kwargs"]))
+        decoder.load_state_dict(load_file(self.kwargs["model_path"]), strict=True)
+        return decoder.eval().to(_device_of(device_id))
+
+
+def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None, lora_path: str | None = None,
+                  attention_mode: str | None = None) -> dict[str, Any]:
+    """The three factories for a native weights directory (``dit.safetensors``, ``decoder.safetensors``).
+    The text encoder comes from ``text_encoder_dir``, else ``{model_dir}/text_encoder`` if present, else the
+    hub id upstream uses (google/t5-v1_1-xxl)."""
+    model_dir = Path(model_dir)
+    for name in ("dit.safetensors", "decoder.safetensors"):
+        if not (model_dir / name).exists():
+            raise FileNotFoundError(
+                f"{model_dir / name} not found: --model_dir must be a Mochi weights directory holding "
+                f"dit.safetensors and decoder.safetensors (or run `genmo-teacache make-tiny-model DIR`)"
+            )
+    if text_encoder_dir is None and (model_dir / "text_encoder").is_dir():
+        text_encoder_dir = str(model_dir / "text_encoder")
+    return dict(
+        text_encoder_factory=up.T5ModelFactory(text_encoder_dir),
+        dit_factory=TeaCacheDitModelFactory(
+            model_path=str(model_dir / "dit.safetensors"), lora_path=lora_path, attention_mode=attention_mode,
+            model_kwargs=read_model_config(model_dir, "dit_config.json"),
+        ),
+        decoder_factory=TeaCacheDecoderModelFactory(
+            model_path=str(model_dir / "decoder.safetensors"),
+            model_kwargs=read_model_config(model_dir, "decoder_config.json"),
+        ),
+    )
+
+
+@dataclass
+class GenerationOutput:
+    """Frames plus what it cost. ``frames``: (B, T, H, W, 3) float32 in [0, 1], as upstream returns them."""
+
+    frames: np.ndarray
+    latents: torch.Tensor
+    report: CacheReport
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_gb: float | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TeaCacheSingleGPUPipeline(up.MochiSingleGPUPipeline):
+    """Upstream's single-device pipeline on any device (``cuda:N`` or ``cpu``), sampling with the cache."""
+
+    def __init__(self, *, text_encoder_factory, dit_factory, decoder_factory, device: str | torch.device = "cuda:0",
+                 cpu_offload: bool = False, decode_type: str = "full", decode_args: dict[str, Any] | None = None,
+                 fast_init: bool = True, strict_load: bool = True):
+        if decode_type not in ("full", "tiled_full", "tiled_spatial"):
+            raise ValueError(f"decode_type {decode_type!r}: use full, tiled_full or tiled_spatial")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda:0")
+        self.tokenizer = up.t5_tokenizer(text_encoder_factory.model_dir)
+        self.cpu_offload = cpu_offload
+        self.decode_args = decode_args or {}
+        self.decode_type = decode_type
+        init_id: int | str = "cpu" if cpu_offload or self.device.type == "cpu" else self.device.index
+        t = Timer()
+        with t("load_text_encoder"):
+            self.text_encoder = text_encoder_factory.get_model(local_rank=0, device_id=init_id, world_size=1)
+        with t("load_dit"):
+            self.dit = dit_factory.get_model(local_rank=0, device_id=init_id, world_size=1, fast_init=fast_init,
+                                             strict_load=strict_load)
+        with t("load_vae"):
+            self.decoder = decoder_factory.get_model(local_rank=0, device_id=init_id, world_size=1)
+        self.load_times = dict(t.times)
+
+    def generate(self, *, batch_cfg: bool, prompt: str, negative_prompt: str, cache: CacheConfig,
+                 progress: bool = True, **kwargs: Any) -> GenerationOutput:
+        """One video. ``kwargs`` are upstream ``sample_model``'s (seed, width, height, num_frames, schedules)."""
+        dev = self.device
+        offload = self.cpu_offload and dev.type == "cuda"
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times: dict[str, float] = {}
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            with up.move_to_device(self.text_encoder, dev, enabled=offload):
+                conditioning = up.get_conditioning(self.tokenizer, self.text_encoder, dev, batch_cfg,
+                                                   prompt=prompt, negative_prompt=negative_prompt)
+            _sync(dev)
+            t1 = time.perf_counter()
+            with up.move_to_device(self.dit, dev, enabled=offload):
+                t1b = time.perf_counter()
+                result = sample_model(dev, self.dit, conditioning, cache=cache, progress=progress, **kwargs)
+                _sync(dev)
+                t2 = time.perf_counter()
+            with up.move_to_device(self.decoder, dev, enabled=offload):
+                t2b = time.perf_counter()
+                frames = self._decode(result.latents)
+                _sync(dev)
+            t3 = time.perf_counter()
+        times = dict(text_encoding_s=t1 - t0, denoising_s=t2 - t1b, decoding_s=t3 - t2b, total_s=t3 - t0)
+        if offload:
+            times["offload_s"] = (t1b - t1) + (t2b - t2)
+        peak = torch.cuda.max_memory_allocated(dev) / 1024**3 if dev.type == "cuda" else None
+        return GenerationOutput(frames.cpu().numpy(), result.latents, result.report, times, peak)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.decode_type == "tiled_full":
+            return decode_latents_tiled_full(self.decoder, latents, **self.decode_args)
+        if self.decode_type == "tiled_spatial":
+            return decode_latents_tiled_spatial(self.decoder, latents, **self.decode_args, num_tiles_w=4,
+                                                num_tiles_h=2)
+        return decode_latents(self.decoder, latents)  # autocasts on "cuda" only: fp32 on CPU
+
+    def __call__(self, batch_cfg, prompt, negative_prompt, cache: CacheConfig | None = None, **kwargs):
+        """Upstream's call signature: returns the frames (B, T, H, W, 3) as a numpy array."""
+        out = self.generate(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt,
+                            cache=cache or CacheConfig.baseline(), **kwargs)
+        self.last_output = out
+        return out.frames

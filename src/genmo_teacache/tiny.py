@@ -1,0 +1,141 @@
+"""A tiny, randomly initialised Mochi model directory in the native layout, for the demo default and the tests.
+
+    DIR/dit.safetensors            DiT weights (upstream AsymmDiTJoint, ~58 M parameters, 51 M of them the
+                                   4096-wide text pooling that T5 features require)
+    DIR/dit_config.json            constructor kwargs that differ from the full-size Mochi DiT
+    DIR/decoder.safetensors        VAE decoder weights (upstream Decoder, 0.3 M parameters)
+    DIR/decoder_config.json        constructor kwargs that differ from the full-size decoder
+    DIR/text_encoder/              a 1-layer T5 encoder (d_model 4096, as Mochi asserts) and its tokenizer
+    DIR/generation_defaults.json   small sizes the CLI uses unless told otherwise
+
+It is UNTRAINED: it produces noise. It exists so the whole pipeline (text encoding, caching sampler, decoding,
+video writing) runs on a CPU in seconds. Real weights have no config files and get the full architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+TINY_DIT_KWARGS: dict[str, Any] = dict(
+    depth=2,
+    num_heads=4,
+    hidden_size_x=128,
+    hidden_size_y=64,
+    mlp_ratio_x=96.0,  # upstream asserts hidden_size_x * mlp_ratio_x == 12288
+    mlp_ratio_y=4.0,
+)
+TINY_DECODER_KWARGS: dict[str, Any] = dict(
+    base_channels=32,
+    channel_multipliers=[1, 1, 1, 1],
+    num_res_blocks=[1, 1, 1, 1, 1],
+)
+TINY_GENERATION_DEFAULTS: dict[str, Any] = dict(width=128, height=128, num_frames=19, num_steps=16)
+
+_CORPUS = """\
+A hand with delicate fingers picks up a bright yellow lemon from a wooden bowl filled with lemons and mint.
+a person swimming in ocean. Close up of grapes on a rotating table. alley. In a still frame, a stop sign.
+A person is riding a bike. A cat and a dog play in the garden under the warm light of a quiet afternoon.
+The camera pans slowly over snowy mountains, rivers, forests, city streets at night, cars and trains.
+Astronaut flying in space, 4k, high resolution, cinematic, zoom in. Vincent van Gogh style, oil painting.
+0123456789 quick brown fox jumps over the lazy dog; QUICK BROWN FOX JUMPS OVER THE LAZY DOG!?,.-'"()
+"""
+
+
+def init_random_dit(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Initialise what upstream leaves empty (``RMSNorm.weight``, ``pos_frequencies``) so a randomly initialised
+    DiT gives finite outputs. Other parameters keep PyTorch's default initialisation."""
+    from genmo.mochi_preview.dit.joint_model.layers import RMSNorm
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+        pf = model.pos_frequencies
+        pf.copy_(torch.rand(pf.shape, generator=gen) * 0.5)
+    return model
+
+
+def _write_text_encoder(out: Path, seed: int) -> None:
+    import sentencepiece as spm
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_file = out / "spiece.model"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS.splitlines()),
+        model_prefix=str(model_file.with_suffix("")),
+        vocab_size=190,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,  # T5's special ids
+        minloglevel=2,
+    )
+    model_file.with_suffix(".vocab").unlink(missing_ok=True)
+    vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size() + 100  # + T5's extra ids
+    config = T5Config(vocab_size=vocab, d_model=4096, d_kv=8, d_ff=16, num_layers=1, num_heads=1,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    model = T5EncoderModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # keep activations small with d_model 4096
+            p.mul_(0.05)
+    config.save_pretrained(out)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(state, str(out / "model.safetensors"))  # embed_tokens is tied to "shared"
+
+
+def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the tiny random model directory and return its path."""
+    from safetensors.torch import save_file
+
+    from genmo_teacache.pipelines import decoder_kwargs, dit_kwargs
+    from genmo_teacache.model import AsymmDiTJoint
+
+    out = Path(out_dir)
+    if (out / "dit.safetensors").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    dit = init_random_dit(AsymmDiTJoint(**dit_kwargs(TINY_DIT_KWARGS, attention_mode="sdpa")), seed)
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "dit.safetensors"))
+    (out / "dit_config.json").write_text(json.dumps(TINY_DIT_KWARGS, indent=2) + "\n")
+
+    from genmo.mochi_preview.vae.models import Decoder
+
+    torch.manual_seed(seed + 1)
+    decoder = Decoder(**decoder_kwargs(TINY_DECODER_KWARGS))
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(out / "decoder.safetensors"))
+    (out / "decoder_config.json").write_text(json.dumps(TINY_DECODER_KWARGS, indent=2) + "\n")
+
+    _write_text_encoder(out / "text_encoder", seed)
+    (out / "generation_defaults.json").write_text(json.dumps(TINY_GENERATION_DEFAULTS, indent=2) + "\n")
+    (out / "README.txt").write_text(
+        "Tiny randomly initialised Mochi model written by `genmo-teacache make-tiny-model`.\n"
+        "It is UNTRAINED and produces noise: it exists to run the pipeline end to end on a CPU.\n"
+    )
+    return out
+
+
+@click.command("make-tiny-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in OUT_DIR.")
+def make_tiny_model_command(out_dir: str, seed: int, overwrite: bool) -> None:
+    """Write a tiny random (untrained: it makes noise) model directory usable as --model_dir on a CPU."""
+    try:
+        path = make_tiny_model(out_dir, seed=seed, overwrite=overwrite)
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from None
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    click.echo(f"Tiny random model written to {path} ({size:.0f} MB). It is untrained and produces noise.")
