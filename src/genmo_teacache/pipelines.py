@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -258,7 +259,9 @@ class TeaCacheSingleGPUPipeline(up.MochiSingleGPUPipeline):
         if self.decode_type == "tiled_spatial":
             return decode_latents_tiled_spatial(self.decoder, latents, **self.decode_args, num_tiles_w=4,
                                                 num_tiles_h=2)
-        return decode_latents(self.decoder, latents)  # autocasts on "cuda" only: fp32 on CPU
+        with warnings.catch_warnings():  # upstream autocasts on "cuda" only: on CPU it warns and runs in fp32
+            warnings.filterwarnings("ignore", message="CUDA is not available", category=UserWarning)
+            return decode_latents(self.decoder, latents)
 
     def __call__(self, batch_cfg, prompt, negative_prompt, cache: CacheConfig | None = None, **kwargs):
         """Upstream's call signature: returns the frames (B, T, H, W, 3) as a numpy array."""
