@@ -47,8 +47,11 @@ def stub_moviepy_if_missing() -> bool:
     """``genmo.lib.utils`` imports moviepy at module level only for ``save_video``, which we do not use (we
     write videos with imageio-ffmpeg). Where moviepy is not installed (the GPU image), register a stand-in
     whose only class raises a clear error if anything does call it. Returns whether it did."""
-    if "moviepy.editor" in sys.modules or importlib.util.find_spec("moviepy") is not None:
+    try:
+        importlib.import_module("moviepy.editor")
         return False
+    except ImportError:
+        pass
 
     class ImageSequenceClip:  # noqa: D401 - stand-in
         def __init__(self, *args, **kwargs):
