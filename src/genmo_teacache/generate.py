@@ -375,7 +375,10 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
     if options["save_file"] and len(jobs) > 1:
         raise click.UsageError("--save_file names one video; with --sweep-file use --out_dir")
 
-    pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
+    try:
+        pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
     for i, (prompt, seed, s, c) in enumerate(jobs):
         with progress_bar(type="tqdm"):
             result = generate(pipe, prompt=prompt, cache=c, seed=seed, settings=s,

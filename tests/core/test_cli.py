@@ -1,0 +1,82 @@
+"""The demo CLI end to end on the tiny model, and its refusals."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from genmo_teacache.generate import generate_command
+from genmo_teacache.video import read_video
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--width", "64", "--height", "64", "--num_frames", "13", "--num_steps", "8", "--prompt", "a cat"]
+
+
+def test_demo_cli_end_to_end(tiny_model_dir, tmp_path):
+    video = tmp_path / "out" / "cat.mp4"
+    cmd = [sys.executable, str(REPO / "demos" / "cli_teacache.py"), "--model_dir", str(tiny_model_dir), *SMALL,
+           "--teacache_thresh_low", "0.04", "--teacache_thresh_high", "0.12", "--teacache_high_steps", "4",
+           "--save_file", str(video), "--save_latents", str(tmp_path / "z.pt"), "--delta_temni_plot"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "computed" in out.stdout and "denoising" in out.stdout
+
+    frames = read_video(video)
+    latent_t = (13 - 1) // 6 + 1
+    assert frames.shape == (6 * (latent_t - 1) + 1, 64, 64, 3)
+
+    import torch
+
+    assert torch.load(tmp_path / "z.pt").shape == (1, 12, latent_t, 8, 8)
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert sidecar["mode"] == "adaptive_0.12_0.04_h4"
+    assert sidecar["cache"]["thresholds"] == [0.12] * 4 + [0.04] * 4
+    assert sidecar["arguments"]["prompt"] == "a cat" and sidecar["frames"][0] == frames.shape[0]
+    assert set(sidecar["timings"]) >= {"text_encoding_s", "denoising_s", "decoding_s", "total_s"}
+    # delta-TEMNI: no skipping, one rescaled value per step, equal to the sidecar's per-step report
+    assert sidecar["computed_steps"] == 8 and sidecar["cache"]["observe_only"]
+    txt = tmp_path / "out" / "cat_delta_TEMNI.txt"
+    values = [float(v) for v in txt.read_text().split()]
+    assert len(values) == 8 and math.isnan(values[0])
+    assert values[1:] == pytest.approx([s["rescaled"] for s in sidecar["steps"][1:]], rel=1e-6)
+    assert (tmp_path / "out" / "cat_delta_TEMNI_plot.png").stat().st_size > 1000
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_tiny_model_defaults_apply_and_caching_skips(tiny_model_dir, tmp_path):
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--out_dir", str(tmp_path),
+                                                "--num_steps", "10", "--teacache_thresh", "0.3", "--prompt", "a dog"])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert sidecar["arguments"]["width"] == 128 and sidecar["arguments"]["num_frames"] == 19  # model defaults
+    assert sidecar["arguments"]["num_steps"] == 10  # an explicit option wins over the model's defaults
+    assert sidecar["skipped_steps"] > 0 and sidecar["mode"] == "fixed_0.3"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacache_thresh", "-0.1"], "threshold -0.1"),
+    (["--teacache_thresh", "nan"], "threshold nan"),
+    (["--teacache_mode", "turbo"], "unknown mode 'turbo'"),
+    (["--teacache_schedule", "4:0.1,2:0.2"], "covers 6 steps but num_steps=8"),
+    (["--teacache_schedule", "4-0.1"], "STEPS:THRESHOLD"),
+    (["--teacache_thresh_high", "0.1"], "add --teacache_thresh_low"),
+    (["--teacache_thresh", "0.1", "--teacache_mode", "fixed_0.2"], "give one way"),
+    (["--no_teacache", "--teacache_thresh", "0.1"], "--no_teacache conflicts"),
+    (["--num_frames", "12"], "num_frames=12"),
+    (["--width", "100"], "width=100"),
+    (["--teacache_coefficients", "MISSING.json"], "does not exist"),
+])
+def test_bad_input_fails_before_loading_with_the_value_named(tiny_model_dir, extra, message):
+    args = ["--model_dir", str(tiny_model_dir), "--num_steps", "8", *extra]
+    res = CliRunner().invoke(generate_command, args)
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert "Timing load_dit" not in res.output  # refused before any model loads
+
+
+def test_missing_model_dir_is_explained(tmp_path):
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tmp_path), "--no_teacache"])
+    assert res.exit_code == 1 and "dit.safetensors" in res.output and "make-tiny-model" in res.output
