@@ -27,6 +27,10 @@ class StepRecord:
     accumulated: float
     computed: bool
     reason: str
+    # filled by the sampler in observe-only runs (calibration): relative L1 change of the blocks' residual
+    # (sum over branches) and the ratio of its mean magnitude to the previous step's
+    residual_change: float | None = None
+    residual_ratio: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -158,15 +158,22 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
         record = policy.decide(step, sigma, raw)
         report.steps.append(record)
         outs = {}
+        last_residual = dict(residual) if observe_only else {}
         for name, inp in inputs.items():
             if record.computed:
                 x = dit(inp, phase="blocks")
-                if cache.enabled:
+                if cache.enabled or observe_only:
                     residual[name] = x.float() - inp.x.float()
                 report.dit_calls += 1
             else:
                 x = (inp.x.float() + residual[name]).to(inp.x.dtype)
             outs[name] = dit(x, inp, phase="finish")
+        if last_residual:
+            names = list(inputs)
+            record.residual_change = relative_l1([residual[n] for n in names], [last_residual[n] for n in names])
+            mean_abs = [_all_reduce_sum(torch.stack([r[n].abs().sum() for n in names]).sum().double()).item()
+                        for r in (residual, last_residual)]
+            record.residual_ratio = mean_abs[0] / mean_abs[1] if mean_abs[1] > 0 else float("inf")
         return outs
 
     def model_fn(*, z, sigma_t, cfg_scale, step, sigma):
