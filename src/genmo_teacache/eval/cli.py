@@ -1,0 +1,232 @@
+"""``genmo-teacache evaluate`` and the commands behind the reference-named scripts in ``vbench_eval/``.
+
+The commands only map flags onto the typed functions of :mod:`.fidelity`, :mod:`.vbench_runner`, :mod:`.tables` and
+:mod:`.plots`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from genmo_teacache.eval import scoring
+
+logger = logging.getLogger(__name__)
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
+def _split(values: Sequence[str] | str | None) -> list[str]:
+    """Comma-separated and/or repeated option values -> list (order kept, duplicates dropped)."""
+    if not values:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item and item not in out:
+                out.append(item)
+    return out
+
+
+def _dimensions(values: Sequence[str] | str | None) -> list[str]:
+    dims = _split(values) or list(scoring.ALL_DIMENSIONS)
+    unknown = [d for d in dims if d not in scoring.ALL_DIMENSIONS]
+    if unknown:
+        raise click.BadParameter(f"unknown dimension(s) {', '.join(unknown)}; choose from: "
+                                 f"{', '.join(scoring.ALL_DIMENSIONS)}", param_hint="--dimensions")
+    return dims
+
+
+def _resolve_modes(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
+    from genmo_teacache.eval.layout import resolve_modes
+
+    try:
+        return resolve_modes(videos, baseline, _split(modes))
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+def _run_fidelity(videos: Path, baseline: str, modes: list[str], save_dir: Path, device: str, overwrite: bool) -> None:
+    from genmo_teacache.eval.fidelity import run_fidelity
+    from genmo_teacache.eval.lpips_weights import LpipsWeightsError
+
+    try:
+        run_fidelity(videos, baseline, modes, save_dir, device=device, overwrite=overwrite)
+    except LpipsWeightsError as err:
+        raise click.ClickException(str(err)) from err
+
+
+def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: list[str], full_info: Path | None,
+                device: str, overwrite: bool) -> list:
+    from genmo_teacache.eval.vbench_runner import run_vbench
+
+    outcomes = run_vbench(videos, modes, scores_dir, dimensions=dimensions, full_info=full_info, device=device,
+                          overwrite=overwrite)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    for o in outcomes:
+        if o.status in ("failed", "no_videos"):
+            click.echo(f"  n/a {o.mode} / {o.dimension}: {o.reason}")
+    return outcomes
+
+
+def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_dir: Path | None,
+             log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None]
+             ) -> dict[str, Path]:
+    from genmo_teacache.eval.plots import find_delta_temni, write_plots
+    from genmo_teacache.eval.tables import collect, write_tables
+
+    comp = collect(modes, baseline, scores_dir, fidelity_dir, log_dir)
+    written = write_tables(comp, out_dir, output_json)
+    written.update(write_plots(comp, out_dir / "plots", temni_groups=find_delta_temni(*temni_dirs)))
+    return written
+
+
+def _echo_outputs(title: str, paths: dict[str, Path] | Sequence[Path]) -> None:
+    click.echo(title)
+    for path in (paths.values() if isinstance(paths, dict) else paths):
+        click.echo(f"  {path}")
+
+
+DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if available), cpu, cuda, cuda:1, ..."
+
+
+@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--videos", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
+              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode.")
+@click.option("--baseline", required=True, help="Mode folder of the uncached baseline, e.g. mochi_baseline.")
+@click.option("--modes", multiple=True,
+              help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Results folder. Default: results/ beside the videos folder.")
+@click.option("--full-info", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="VBench_full_info.json. Default: the one inside the vbench wheel.")
+@click.option("--dimensions", multiple=True, help="VBench dimensions (comma-separated or repeated). Default: all 16.")
+@click.option("--skip-fidelity", is_flag=True, help="Do not compute PSNR/SSIM/LPIPS.")
+@click.option("--skip-vbench", is_flag=True, help="Do not run VBench.")
+@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of generation_log_*.json (for latency and speedup). Default: logs/ beside the videos.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
+def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: Path | None, full_info: Path | None,
+                     dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool, gen_log_dir: Path | None,
+                     device: str, overwrite: bool) -> None:
+    """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
+    was computed already."""
+    _setup_logging()
+    dims = _dimensions(dimensions)
+    compare_modes = _resolve_modes(videos, baseline, modes)
+    out = out if out is not None else videos.parent / "results"
+    log_dir = gen_log_dir if gen_log_dir is not None else videos.parent / "logs"
+    fidelity_dir, scores_dir = out / "fidelity_metrics", out / "vbench_scores"
+    click.echo(f"baseline {baseline}; modes: {', '.join(compare_modes) or '(none)'}")
+
+    if skip_fidelity:
+        click.echo("fidelity: skipped (--skip-fidelity)")
+    elif not compare_modes:
+        click.echo("fidelity: no mode besides the baseline")
+    else:
+        _run_fidelity(videos, baseline, compare_modes, fidelity_dir, device, overwrite)
+        click.echo(f"fidelity results: {fidelity_dir}")
+    if skip_vbench:
+        click.echo("VBench: skipped (--skip-vbench)")
+    else:
+        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite)
+        click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
+    written = _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir])
+    _echo_outputs("tables and plots:", written)
+
+
+# ---------------------------------------------------------------- the reference-named entry points
+
+
+@click.command("run_fidelity_metrics", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--video-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
+              help="Folder with one sub-folder of videos per mode.")
+@click.option("--baseline", required=True, help="Mode folder of the uncached baseline.")
+@click.option("--modes", multiple=True, help="Modes (comma-separated). Default: every folder but the baseline.")
+@click.option("--save-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
+              show_default=True, help="Where {mode}_vs_{baseline}.json and all_fidelity_results.json go.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--overwrite", is_flag=True, help="Recompute modes whose result file exists.")
+def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], save_dir: Path, device: str,
+                     overwrite: bool) -> None:
+    """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
+    _setup_logging()
+    compare_modes = _resolve_modes(video_dir, baseline, modes)
+    _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
+    click.echo(f"fidelity results: {save_dir}")
+
+
+@click.command("run_vbench_eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--video-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
+              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode.")
+@click.option("--modes", multiple=True, help="Modes (comma-separated). Default: every folder.")
+@click.option("--save-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/vbench_scores"),
+              show_default=True, help="Where {mode}/{dimension}_eval_results.json go.")
+@click.option("--full-info", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="VBench_full_info.json. Default: the one inside the vbench wheel.")
+@click.option("--dimensions", multiple=True, help="Dimensions (comma-separated). Default: all 16.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--overwrite", is_flag=True, help="Recompute dimensions whose result file exists.")
+def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full_info: Path | None,
+                   dimensions: tuple[str, ...], device: str, overwrite: bool) -> None:
+    """VBench on every mode and dimension (in VBench's own environment, created on first use)."""
+    from genmo_teacache.eval.layout import list_modes
+
+    _setup_logging()
+    dims = _dimensions(dimensions)
+    try:
+        existing = list_modes(video_dir)
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint="--video-dir") from err
+    chosen = _split(modes) or existing
+    missing = [m for m in chosen if m not in existing]
+    if missing:
+        raise click.BadParameter(f"mode folder(s) {', '.join(missing)} not in {video_dir}; folders there: "
+                                 f"{', '.join(existing) or '(none)'}", param_hint="--modes")
+    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite)
+    click.echo(f"VBench results: {save_dir}")
+
+
+@click.command("compare_results", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--scores-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/vbench_scores"),
+              show_default=True, help="VBench results, one folder per mode.")
+@click.option("--fidelity-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
+              show_default=True, help="Fidelity results.")
+@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/logs"), show_default=True,
+              help="Folder of generation_log_*.json files.")
+@click.option("--output-json", type=click.Path(path_type=Path),
+              default=Path("vbench_eval/all_comparison_results.json"), show_default=True,
+              help="Combined results JSON; the CSV/Markdown tables and plots/ go beside it.")
+@click.option("--baseline", required=True, help="Mode that speedups and fidelity are measured against.")
+@click.option("--modes", multiple=True,
+              help="Modes in table order (comma-separated). Default: every mode with VBench or fidelity results.")
+def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path, output_json: Path, baseline: str,
+                    modes: tuple[str, ...]) -> None:
+    """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
+    from genmo_teacache.eval.tables import load_fidelity
+
+    _setup_logging()
+    chosen = _split(modes)
+    if not chosen:
+        found = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name not in ("logs",)
+                 and not p.name.startswith(".")} if scores_dir.is_dir() else set()
+        found |= set(load_fidelity(fidelity_dir, baseline))
+        chosen = sorted(found - {baseline})
+    written = _compare(baseline, chosen, scores_dir, fidelity_dir, gen_log_dir, output_json.parent, output_json,
+                       [gen_log_dir])
+    _echo_outputs("tables and plots:", written)

@@ -1,0 +1,270 @@
+"""PSNR, SSIM and LPIPS of every mode against the baseline, following the TeaCache / PAB ``common_metrics`` protocol.
+
+- Both videos are decoded with imageio's ffmpeg reader to uint8 RGB, scaled to [0, 1], at native resolution, and
+  truncated to the shorter frame count. Videos are paired by identical file name in the baseline and mode folders.
+- PSNR per frame: ``20 * log10(1 / sqrt(MSE))``, 100 when ``MSE < 1e-10``.
+- SSIM per frame and channel, averaged over the 3 channels: 11x11 Gaussian window with sigma 1.5 (built like
+  ``cv2.getGaussianKernel``), C1 = 0.01^2, C2 = 0.03^2, the filtered maps cropped by 5 pixels on each side (so only
+  windows that lie fully inside the image count), float64.
+- LPIPS: ``lpips.LPIPS(net="alex", spatial=True)`` v0.1, inputs in [-1, 1], ``.mean()`` of the spatial map per frame.
+- Per video: mean over frames; per mode: mean and (population) std over videos.
+
+Outputs (in ``save_dir``): ``{mode}_vs_{baseline}.json`` = ``{mode, baseline, num_videos, psnr: {mean, std}, ssim,
+lpips}`` (plus ``problems``: videos without a readable partner, only when there are any), per-video values in
+``per_video/{mode}_vs_{baseline}.json``, and ``all_fidelity_results.json`` keyed by mode. A mode whose result file
+exists is skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genmo_teacache.eval.layout import list_videos
+from genmo_teacache.video import read_video, write_json
+
+logger = logging.getLogger(__name__)
+
+PSNR_IDENTICAL = 100.0
+PSNR_MSE_FLOOR = 1e-10
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+SSIM_CROP = SSIM_WINDOW // 2  # 5: the filtered maps keep only windows fully inside the image
+ALL_RESULTS = "all_fidelity_results.json"
+
+
+def gaussian_kernel(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """1-D Gaussian kernel as ``cv2.getGaussianKernel(size, sigma)`` computes it for sigma > 0 (float64, sums to 1)."""
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    k = np.exp(-(x**2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _to_unit(frames: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(T, H, W, 3) uint8 (or float in [0, 1]) -> (T, 3, H, W) in [0, 1] on ``device``."""
+    t = torch.as_tensor(frames).to(device)
+    t = t.to(dtype) / 255.0 if t.dtype == torch.uint8 else t.to(dtype)
+    return t.permute(0, 3, 1, 2)
+
+
+def psnr_frames(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
+                ) -> np.ndarray:
+    """Per-frame PSNR of two (T, H, W, 3) videos (uint8, or float in [0, 1])."""
+    dev = resolve_device(device)
+    x, y = _to_unit(a, dev, torch.float64), _to_unit(b, dev, torch.float64)
+    mse = ((x - y) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
+    return np.array([PSNR_IDENTICAL if m < PSNR_MSE_FLOOR else 20 * math.log10(1 / math.sqrt(m)) for m in mse])
+
+
+def _filter_valid(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Separable Gaussian filter of (N, H, W) float64, 'valid' part only: (N, H - 10, W - 10), i.e. the filtered map
+    cropped by 5 pixels on each side. scipy.ndimage on CPU (10x faster there than torch's float64 conv), conv2d on
+    accelerators; the cropped result does not depend on either's border handling."""
+    c = SSIM_CROP
+    if x.device.type == "cpu":
+        import scipy.ndimage as ndi
+
+        arr = x.numpy()
+        out = ndi.correlate1d(ndi.correlate1d(arr, kernel, axis=2), kernel, axis=1)[:, c:-c, c:-c]
+        return torch.from_numpy(np.ascontiguousarray(out))
+    k = torch.from_numpy(kernel).to(x.device)
+    y = torch.nn.functional.conv2d(x.unsqueeze(1), k.view(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1)).squeeze(1)
+
+
+def ssim_frames(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
+                ) -> np.ndarray:
+    """Per-frame SSIM (mean over the 3 channels) of two (T, H, W, 3) videos (uint8, or float in [0, 1])."""
+    dev = resolve_device(device)
+    x, y = _to_unit(a, dev, torch.float64), _to_unit(b, dev, torch.float64)
+    frames, channels, height, width = x.shape
+    if height < SSIM_WINDOW or width < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {height}x{width}")
+    x = x.reshape(frames * channels, height, width).contiguous()
+    y = y.reshape(frames * channels, height, width).contiguous()
+    kernel = gaussian_kernel()
+    mu1, mu2 = _filter_valid(x, kernel), _filter_valid(y, kernel)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    sigma1_sq = _filter_valid(x * x, kernel) - mu1_sq
+    sigma2_sq = _filter_valid(y * y, kernel) - mu2_sq
+    sigma12 = _filter_valid(x * y, kernel) - mu1_mu2
+    ssim_map = ((2 * mu1_mu2 + SSIM_C1) * (2 * sigma12 + SSIM_C2)) / (
+        (mu1_sq + mu2_sq + SSIM_C1) * (sigma1_sq + sigma2_sq + SSIM_C2))
+    per_channel = ssim_map.mean(dim=(1, 2)).reshape(frames, channels)
+    return per_channel.mean(dim=1).cpu().numpy()
+
+
+def lpips_frames(model: torch.nn.Module, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per-frame LPIPS (mean of the spatial map) of two (T, H, W, 3) videos, inputs scaled to [-1, 1]."""
+    dev = next(model.parameters()).device
+    x = _to_unit(a, dev, torch.float32) * 2 - 1
+    y = _to_unit(b, dev, torch.float32) * 2 - 1
+    with torch.inference_mode():
+        return model(x, y).mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    video: str
+    frames: int
+    psnr: float
+    ssim: float
+    lpips: float
+    frames_baseline: int
+    frames_mode: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class FidelityScorer:
+    """Holds the LPIPS model and the device; scores pairs of decoded videos in chunks of frames."""
+
+    def __init__(self, device: str | torch.device = "auto", frame_batch: int = 8, lpips_model: Any = None):
+        self.device = resolve_device(device)
+        self.frame_batch = frame_batch
+        if lpips_model is None:
+            from genmo_teacache.eval.lpips_weights import build_lpips
+
+            lpips_model = build_lpips(self.device)
+        self.lpips = lpips_model
+
+    def score_frames(self, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-frame metrics of two decoded videos (T, H, W, 3) uint8, truncated to the shorter one."""
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"frame sizes differ: {a.shape[1:3]} vs {b.shape[1:3]} (fidelity needs equal resolution)")
+        n = min(len(a), len(b))
+        out: dict[str, list[np.ndarray]] = {"psnr": [], "ssim": [], "lpips": []}
+        for start in range(0, n, self.frame_batch):
+            ca, cb = a[start:min(n, start + self.frame_batch)], b[start:min(n, start + self.frame_batch)]
+            out["psnr"].append(psnr_frames(ca, cb, self.device))
+            out["ssim"].append(ssim_frames(ca, cb, self.device))
+            out["lpips"].append(lpips_frames(self.lpips, ca, cb))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def score_files(self, baseline_video: str | os.PathLike, mode_video: str | os.PathLike) -> VideoScores:
+        a, b = read_video(baseline_video), read_video(mode_video)
+        per_frame = self.score_frames(a, b)
+        if len(a) != len(b):
+            logger.warning("%s: %d frames in the baseline, %d in the mode: compared the first %d",
+                           Path(mode_video).name, len(a), len(b), min(len(a), len(b)))
+        return VideoScores(video=Path(mode_video).name, frames=min(len(a), len(b)),
+                           psnr=float(per_frame["psnr"].mean()), ssim=float(per_frame["ssim"].mean()),
+                           lpips=float(per_frame["lpips"].mean()), frames_baseline=len(a), frames_mode=len(b))
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+def evaluate_mode(scorer: FidelityScorer, videos_dir: str | os.PathLike, baseline: str, mode: str
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Compare every video of ``mode`` with its namesake in ``baseline``. Returns (summary, per-video list).
+    Videos without a partner, or that cannot be decoded or compared, are logged and listed in ``problems``."""
+    from tqdm.auto import tqdm
+
+    videos_dir = Path(videos_dir)
+    base_videos = {p.name: p for p in list_videos(videos_dir / baseline)}
+    mode_videos = {p.name: p for p in list_videos(videos_dir / mode)}
+    problems: list[dict[str, str]] = []
+    for name in sorted(set(base_videos) - set(mode_videos)):
+        problems.append({"video": name, "reason": f"missing in {mode}"})
+    for name in sorted(set(mode_videos) - set(base_videos)):
+        problems.append({"video": name, "reason": f"missing in the baseline {baseline}"})
+    scores: list[VideoScores] = []
+    for name in tqdm(sorted(set(base_videos) & set(mode_videos)), desc=f"fidelity {mode}", unit="video"):
+        try:
+            scores.append(scorer.score_files(base_videos[name], mode_videos[name]))
+        except Exception as err:  # an unreadable or mismatched pair is reported, not fatal for the mode
+            problems.append({"video": name, "reason": f"{type(err).__name__}: {err}"})
+    for p in problems:
+        logger.warning("fidelity %s vs %s: %s: %s", mode, baseline, p["video"], p["reason"])
+    summary: dict[str, Any] = {
+        "mode": mode,
+        "baseline": baseline,
+        "num_videos": len(scores),
+        "psnr": _stats([s.psnr for s in scores]),
+        "ssim": _stats([s.ssim for s in scores]),
+        "lpips": _stats([s.lpips for s in scores]),
+    }
+    if problems:
+        summary["problems"] = problems
+    return summary, [s.to_dict() for s in scores]
+
+
+def result_path(save_dir: str | os.PathLike, mode: str, baseline: str) -> Path:
+    return Path(save_dir) / f"{mode}_vs_{baseline}.json"
+
+
+def run_fidelity(
+    videos_dir: str | os.PathLike,
+    baseline: str,
+    modes: Sequence[str],
+    save_dir: str | os.PathLike,
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
+    frame_batch: int = 8,
+    lpips_model: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """Fidelity of every mode against ``baseline``; resumable (existing per-mode results are kept unless
+    ``overwrite``). Writes the per-mode files and ``all_fidelity_results.json``; returns the latter's content.
+    ``lpips_model``: an LPIPS model to reuse (default: built with the offline weights when needed)."""
+    import json
+
+    save_dir = Path(save_dir)
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for mode in modes:
+        if mode == baseline:
+            continue
+        path = result_path(save_dir, mode, baseline)
+        if path.is_file() and not overwrite:
+            logger.info("fidelity %s: kept existing %s", mode, path)
+            with open(path) as f:
+                results[mode] = json.load(f)
+        else:
+            todo.append(mode)
+    if todo:
+        scorer = FidelityScorer(device, frame_batch=frame_batch, lpips_model=lpips_model)
+        logger.info("fidelity on %s for %s", scorer.device, ", ".join(todo))
+        for mode in todo:
+            summary, per_video = evaluate_mode(scorer, videos_dir, baseline, mode)
+            if summary["num_videos"] == 0:
+                logger.error("fidelity %s vs %s: no video pair could be compared; nothing written (will retry)",
+                             mode, baseline)
+                continue
+            write_json(save_dir / "per_video" / f"{mode}_vs_{baseline}.json", per_video)
+            write_json(result_path(save_dir, mode, baseline), summary)
+            results[mode] = summary
+            logger.info("fidelity %s vs %s over %d videos: PSNR %.4f, SSIM %.4f, LPIPS %.4f", mode, baseline,
+                        summary["num_videos"], summary["psnr"]["mean"], summary["ssim"]["mean"],
+                        summary["lpips"]["mean"])
+    # all_fidelity_results.json: every result against this baseline in save_dir (earlier runs' modes included)
+    for path in sorted(save_dir.glob(f"*_vs_{baseline}.json")):
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict) and data.get("baseline") == baseline:
+            results.setdefault(data["mode"], data)
+    ordered = {m: results[m] for m in modes if m in results}
+    ordered.update({m: results[m] for m in sorted(results) if m not in ordered})
+    write_json(save_dir / ALL_RESULTS, ordered)
+    return ordered

@@ -1,0 +1,71 @@
+"""The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from genmo_teacache.video import TMP_PREFIX
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIX = ".mp4"
+PROMPT_NAMES = "prompt_names.json"
+
+
+def list_videos(mode_dir: str | os.PathLike) -> list[Path]:
+    """Finished videos of a mode folder, sorted: ``*.mp4`` files whose names do not start with ``.`` (``.tmp-``
+    names are unfinished writes). Anything else (e.g. ``*_delta_TEMNI.txt`` beside the videos) is left out."""
+    mode_dir = Path(mode_dir)
+    videos, ignored = [], []
+    for path in sorted(mode_dir.iterdir()):
+        if path.is_file() and path.suffix == VIDEO_SUFFIX and not path.name.startswith("."):
+            videos.append(path)
+        elif not path.name.startswith(TMP_PREFIX):
+            ignored.append(path.name)
+    if ignored:
+        logger.info("%s: leaving out %d entries that are not finished %s videos: %s", mode_dir, len(ignored),
+                       VIDEO_SUFFIX, ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
+    return videos
+
+
+def list_modes(videos_dir: str | os.PathLike) -> list[str]:
+    """Mode folders of a videos folder (sorted; hidden folders left out)."""
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise FileNotFoundError(f"videos folder {videos_dir} does not exist: pass the folder that holds one "
+                                "sub-folder of videos per mode (--videos / --video-dir)")
+    return sorted(p.name for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
+    """``{file stem: prompt}`` of the prompts the batch generator could not use verbatim as file names (too long,
+    unsafe characters), from ``prompt_names.json`` beside the videos folder; empty if there is none."""
+    path = Path(videos_dir).parent / PROMPT_NAMES
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected {{file stem: prompt}}, got {type(data).__name__}")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def resolve_modes(videos_dir: str | os.PathLike, baseline: str, modes: Sequence[str] | None) -> list[str]:
+    """Check that the baseline and the requested modes exist; default modes: every folder but the baseline.
+    Returns the modes to compare (without the baseline). Errors name the bad value and the folders that exist."""
+    existing = list_modes(videos_dir)
+    shown = ", ".join(existing) or "(none)"
+    if baseline not in existing:
+        raise FileNotFoundError(f"baseline folder {Path(videos_dir) / baseline} does not exist; folders in "
+                                f"{videos_dir}: {shown}. Pass one of them as --baseline.")
+    if not modes:
+        return [m for m in existing if m != baseline]
+    missing = [m for m in modes if m not in existing]
+    if missing:
+        raise FileNotFoundError(f"mode folder(s) {', '.join(missing)} not found in {videos_dir}; folders there: "
+                                f"{shown}. Pass existing ones to --modes (comma-separated) or leave it out for all.")
+    return [m for m in modes if m != baseline]

@@ -1,0 +1,140 @@
+"""VBench scoring: normalisation constants, dimension groups and the quality / semantic / total scores.
+
+The constants are VBench's own (``scripts/constant.py`` of the VBench repository, the same numbers TeaCache's
+``cal_vbench.py`` uses). A raw dimension score is normalised as ``(raw - Min) / (Max - Min) * weight``; the quality
+score is the weighted mean over the quality dimensions, the semantic score likewise, and
+``total = (4 * quality + 1 * semantic) / 5``.
+
+Like the reference comparison script (and unlike VBench's ``cal_final_score.py``, which counts a missing dimension as
+a raw 0), only the dimensions that were evaluated enter the averages; :func:`aggregate` reports which were missing so
+that a table can say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RESULT_SUFFIX = "_eval_results.json"
+
+# The groups in VBench's own order (scripts/constant.py); the scores are summed in this order, which the reference
+# results reproduce to the last bit.
+QUALITY_DIMENSIONS: tuple[str, ...] = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "aesthetic_quality",
+    "imaging_quality",
+    "dynamic_degree",
+)
+SEMANTIC_DIMENSIONS: tuple[str, ...] = (
+    "object_class",
+    "multiple_objects",
+    "human_action",
+    "color",
+    "spatial_relationship",
+    "scene",
+    "appearance_style",
+    "temporal_style",
+    "overall_consistency",
+)
+# Column order of the reference tables: quality dimensions (dynamic degree fifth), then semantic dimensions.
+ALL_DIMENSIONS: tuple[str, ...] = (
+    "subject_consistency",
+    "background_consistency",
+    "temporal_flickering",
+    "motion_smoothness",
+    "dynamic_degree",
+    "aesthetic_quality",
+    "imaging_quality",
+    *SEMANTIC_DIMENSIONS,
+)
+assert set(ALL_DIMENSIONS) == set(QUALITY_DIMENSIONS) | set(SEMANTIC_DIMENSIONS)
+
+# (Min, Max) per dimension; every dimension not listed is (0, 1).
+NORMALIZE_RANGE: dict[str, tuple[float, float]] = {
+    "subject_consistency": (0.1462, 1.0),
+    "background_consistency": (0.2615, 1.0),
+    "temporal_flickering": (0.6293, 1.0),
+    "motion_smoothness": (0.706, 0.9975),
+    "dynamic_degree": (0.0, 1.0),
+    "aesthetic_quality": (0.0, 1.0),
+    "imaging_quality": (0.0, 1.0),
+    "object_class": (0.0, 1.0),
+    "multiple_objects": (0.0, 1.0),
+    "human_action": (0.0, 1.0),
+    "color": (0.0, 1.0),
+    "spatial_relationship": (0.0, 1.0),
+    "scene": (0.0, 0.8222),
+    "appearance_style": (0.0009, 0.2855),
+    "temporal_style": (0.0, 0.364),
+    "overall_consistency": (0.0, 0.364),
+}
+DIMENSION_WEIGHT: dict[str, float] = {dim: 1.0 for dim in ALL_DIMENSIONS} | {"dynamic_degree": 0.5}
+QUALITY_WEIGHT = 4.0
+SEMANTIC_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class VBenchAggregate:
+    """Normalised scores of one mode. ``None`` where no dimension of the group was evaluated."""
+
+    normalized: dict[str, float]
+    quality: float | None
+    semantic: float | None
+    total: float | None
+    missing: tuple[str, ...]  # dimensions of ALL_DIMENSIONS without a raw score
+
+
+def normalize(dimension: str, raw: float) -> float:
+    """VBench's normalised, weighted score of one dimension."""
+    if dimension not in NORMALIZE_RANGE:
+        raise KeyError(f"unknown VBench dimension {dimension!r}; known: {', '.join(ALL_DIMENSIONS)}")
+    lo, hi = NORMALIZE_RANGE[dimension]
+    return (float(raw) - lo) / (hi - lo) * DIMENSION_WEIGHT[dimension]
+
+
+def _group_score(normalized: dict[str, float], group: tuple[str, ...]) -> float | None:
+    present = [dim for dim in group if dim in normalized]
+    if not present:
+        return None
+    return sum(normalized[dim] for dim in present) / sum(DIMENSION_WEIGHT[dim] for dim in present)
+
+
+def aggregate(raw_scores: dict[str, float]) -> VBenchAggregate:
+    """Quality, semantic and total score from raw per-dimension means (unknown keys are ignored)."""
+    normalized = {dim: normalize(dim, val) for dim, val in raw_scores.items() if dim in NORMALIZE_RANGE}
+    quality = _group_score(normalized, QUALITY_DIMENSIONS)
+    semantic = _group_score(normalized, SEMANTIC_DIMENSIONS)
+    total = None
+    if quality is not None and semantic is not None:
+        total = (quality * QUALITY_WEIGHT + semantic * SEMANTIC_WEIGHT) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT)
+    missing = tuple(dim for dim in ALL_DIMENSIONS if dim not in normalized)
+    return VBenchAggregate(normalized=normalized, quality=quality, semantic=semantic, total=total, missing=missing)
+
+
+def load_raw_scores(score_dir: str | os.PathLike) -> dict[str, float]:
+    """Read every ``*_eval_results.json`` of one mode's score folder -> ``{dimension: mean score}``.
+
+    VBench writes ``{dim: [mean, [per-video results...]]}``; files of several dimensions may share one file.
+    Returns dimensions in the reference column order (unknown dimensions after them, sorted).
+    """
+    score_dir = Path(score_dir)
+    found: dict[str, float] = {}
+    if not score_dir.is_dir():
+        return found
+    for path in sorted(score_dir.iterdir()):
+        if not path.name.endswith(RESULT_SUFFIX) or path.name.startswith("."):
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        for dim, value in data.items():
+            found[dim] = float(value[0] if isinstance(value, list) else value)
+    order = {dim: i for i, dim in enumerate(ALL_DIMENSIONS)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))

@@ -1,0 +1,295 @@
+"""Comparison tables: VBench scores, fidelity, a compact summary, and the combined results JSON.
+
+Inputs are only files: VBench result folders (``{scores_dir}/{mode}/{dim}_eval_results.json``) with the driver's
+``vbench_status.json``, fidelity results (``{fidelity_dir}/{mode}_vs_{baseline}.json`` / ``all_fidelity_results.json``)
+and generation logs. Columns and number formats are those of the reference comparison script:
+
+- ``vbench_scores_table.csv``: Mode, the 16 raw dimension scores (``.4f``), Quality/Semantic/Total Score (``.2f%``),
+  Latency (``.0f`` s). A dimension that was tried and could not run reads ``n/a`` (the reason is in
+  ``vbench_status.json`` and under the Markdown table); one never tried is empty.
+- ``fidelity_table.csv``: Mode, PSNR, SSIM, LPIPS (means, ``.4f``), Latency; ``—`` where there is nothing.
+- ``summary_table.csv``: Mode, Speedup (end-to-end, ``.2f`` x), Latency (s), VBench Total, PSNR, SSIM, LPIPS, and,
+  when the logs have denoising timings, Denoising (s) and Denoising Speedup.
+- ``results_table.csv``: one row per metric, one column per mode (the reference's older layout).
+- ``all_comparison_results.json``: per mode ``vbench_raw``, ``vbench_quality_score``, ``vbench_semantic_score``,
+  ``vbench_total_score``, ``fidelity``, ``timing`` as the reference writes them, plus ``speedup`` and
+  ``vbench_unavailable`` (dimension -> reason) where there is something to say.
+
+Each CSV also gets a Markdown twin (``.md``). Speedups are always taken against the baseline the user names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genmo_teacache.eval import scoring
+from genmo_teacache.eval.timing import ModeTiming, load_timings, speedups
+from genmo_teacache.eval.vbench_runner import load_status, unavailable_dimensions
+from genmo_teacache.video import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+DASH = "\u2014"  # the reference's placeholder for "no value"
+NA = "n/a"
+FIDELITY_METRICS = ("psnr", "ssim", "lpips")
+
+VBENCH_TABLE = "vbench_scores_table.csv"
+FIDELITY_TABLE = "fidelity_table.csv"
+SUMMARY_TABLE = "summary_table.csv"
+RESULTS_TABLE = "results_table.csv"
+COMPARISON_JSON = "all_comparison_results.json"
+
+
+@dataclass
+class ModeResults:
+    """Everything known about one mode, read from files."""
+
+    mode: str
+    raw: dict[str, float]
+    aggregate: scoring.VBenchAggregate
+    fidelity: dict[str, Any] | None = None
+    timing: ModeTiming | None = None
+    speedup: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # dimension -> why it could not run
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    modes: list[str]  # baseline first
+    results: dict[str, ModeResults]
+
+
+def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
+    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win).
+    Results measured against another baseline are ignored with a warning."""
+    fidelity_dir = Path(fidelity_dir)
+    found: dict[str, dict[str, Any]] = {}
+    combined = fidelity_dir / "all_fidelity_results.json"
+    if combined.is_file():
+        with open(combined) as f:
+            found.update(json.load(f))
+    if fidelity_dir.is_dir():
+        for path in sorted(fidelity_dir.glob("*_vs_*.json")):
+            if path.name.startswith("."):
+                continue
+            with open(path) as f:
+                data = json.load(f)
+            if isinstance(data, dict) and "mode" in data:
+                found[data["mode"]] = data
+    out = {}
+    for mode, data in found.items():
+        if data.get("baseline") != baseline:
+            logger.warning("ignoring fidelity result of %s measured against %r, not the baseline %r",
+                           mode, data.get("baseline"), baseline)
+            continue
+        out[mode] = data
+    return out
+
+
+def collect(
+    modes: Sequence[str],
+    baseline: str,
+    scores_dir: str | os.PathLike | None,
+    fidelity_dir: str | os.PathLike | None,
+    log_dir: str | os.PathLike | None,
+) -> Comparison:
+    """Read every result file for ``baseline`` and ``modes`` (the baseline is put first if not listed)."""
+    ordered = [baseline] + [m for m in modes if m != baseline]
+    fidelity = load_fidelity(fidelity_dir, baseline) if fidelity_dir is not None else {}
+    timings = load_timings(log_dir) if log_dir is not None else {}
+    ups = speedups(timings, baseline)
+    status = load_status(scores_dir) if scores_dir is not None else {}
+    results = {}
+    for mode in ordered:
+        raw = scoring.load_raw_scores(Path(scores_dir) / mode) if scores_dir is not None else {}
+        results[mode] = ModeResults(
+            mode=mode, raw=raw, aggregate=scoring.aggregate(raw), fidelity=fidelity.get(mode),
+            timing=timings.get(mode), speedup=ups.get(mode, {}),
+            unavailable=unavailable_dimensions(status.get(mode, {}), raw),
+        )
+    return Comparison(baseline=baseline, modes=ordered, results=results)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _pct(value: float | None, missing: str = "") -> str:
+    return f"{value * 100:.2f}%" if value is not None else missing
+
+
+def _latency(timing: ModeTiming | None) -> str:
+    return f"{timing.avg_time:.0f}s" if timing is not None else DASH
+
+
+def _fid(fid: dict[str, Any] | None, metric: str, missing: str = DASH) -> str:
+    if fid and metric in fid and fid[metric].get("mean") is not None:
+        return f"{fid[metric]['mean']:.4f}"
+    return missing
+
+
+def _has_denoising(comp: Comparison) -> bool:
+    return any(r.timing is not None and r.timing.avg_denoising_time is not None for r in comp.results.values())
+
+
+def vbench_rows(comp: Comparison, labels: Mapping[str, str]) -> list[list[str]]:
+    rows = [["Mode", *scoring.ALL_DIMENSIONS, "Quality Score", "Semantic Score", "Total Score", "Latency"]]
+    for mode in comp.modes:
+        r = comp.results[mode]
+        row = [labels.get(mode, mode)]
+        for dim in scoring.ALL_DIMENSIONS:
+            if dim in r.raw:
+                row.append(f"{r.raw[dim]:.4f}")
+            else:
+                row.append(NA if dim in r.unavailable else "")
+        agg = r.aggregate
+        row += [_pct(agg.quality), _pct(agg.semantic), _pct(agg.total), _latency(r.timing)]
+        rows.append(row)
+    return rows
+
+
+def fidelity_rows(comp: Comparison, labels: Mapping[str, str]) -> list[list[str]]:
+    rows = [["Mode", "PSNR", "SSIM", "LPIPS", "Latency"]]
+    for mode in comp.modes:
+        r = comp.results[mode]
+        rows.append([labels.get(mode, mode), *(_fid(r.fidelity, m) for m in FIDELITY_METRICS), _latency(r.timing)])
+    return rows
+
+
+def summary_rows(comp: Comparison, labels: Mapping[str, str]) -> list[list[str]]:
+    denoise = _has_denoising(comp)
+    header = ["Mode", "Speedup", "Latency (s)", "VBench Total", "PSNR", "SSIM", "LPIPS"]
+    if denoise:
+        header += ["Denoising (s)", "Denoising Speedup"]
+    rows = [header]
+    for mode in comp.modes:
+        r = comp.results[mode]
+        speed = f"{r.speedup['end_to_end']:.2f}x" if "end_to_end" in r.speedup else DASH
+        row = [labels.get(mode, mode), speed, _latency(r.timing), _pct(r.aggregate.total, DASH),
+               *(_fid(r.fidelity, m) for m in FIDELITY_METRICS)]
+        if denoise:
+            t = r.timing
+            row.append(f"{t.avg_denoising_time:.0f}s" if t is not None and t.avg_denoising_time is not None else DASH)
+            row.append(f"{r.speedup['denoising']:.2f}x" if "denoising" in r.speedup else DASH)
+        rows.append(row)
+    return rows
+
+
+def results_rows(comp: Comparison, labels: Mapping[str, str]) -> list[list[str]]:
+    """Metric rows x mode columns (the reference's ``results_table.csv``)."""
+    res = [comp.results[m] for m in comp.modes]
+    rows = [["metric", *(labels.get(m, m) for m in comp.modes)]]
+    dims = sorted({d for r in res for d in r.raw} | {d for r in res for d in r.unavailable})
+    for dim in dims:
+        rows.append([dim, *(f"{r.raw[dim]:.4f}" if dim in r.raw else (NA if dim in r.unavailable else "")
+                            for r in res)])
+    if any(r.raw for r in res):
+        for key in ("quality", "semantic", "total"):
+            vals = [getattr(r.aggregate, key) for r in res]
+            rows.append([f"{key}_score", *(f"{v:.4f}" if v is not None else "" for v in vals)])
+    if any(r.fidelity for r in res):
+        for metric in FIDELITY_METRICS:
+            rows.append([f"fidelity_{metric}", *(_fid(r.fidelity, metric, "") for r in res)])
+    if any(r.timing for r in res):
+        rows.append(["avg_time_sec", *(f"{r.timing.avg_time:.1f}" if r.timing else "" for r in res)])
+    if any(r.timing is not None and r.timing.avg_denoising_time is not None for r in res):
+        rows.append(["avg_denoising_sec", *(f"{r.timing.avg_denoising_time:.1f}" if r.timing is not None
+                                            and r.timing.avg_denoising_time is not None else "" for r in res)])
+    return rows
+
+
+def comparison_json(comp: Comparison) -> dict[str, Any]:
+    """The reference ``all_comparison_results.json`` content (modes without any result are left out)."""
+    out: dict[str, Any] = {}
+    for mode in comp.modes:
+        r = comp.results[mode]
+        entry: dict[str, Any] = {}
+        if r.raw:
+            entry["vbench_raw"] = dict(r.raw)
+            entry["vbench_quality_score"] = r.aggregate.quality
+            entry["vbench_semantic_score"] = r.aggregate.semantic
+            entry["vbench_total_score"] = r.aggregate.total
+        if r.unavailable:
+            entry["vbench_unavailable"] = dict(r.unavailable)
+        if r.fidelity:
+            entry["fidelity"] = r.fidelity
+        if r.timing is not None:
+            entry["timing"] = r.timing.to_dict()
+        if r.speedup:
+            entry["speedup"] = dict(r.speedup)
+        if entry:
+            out[mode] = entry
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Sequence[str]]) -> Path:
+    """CSV as Python's csv module writes it by default (``\\r\\n`` line ends, as the reference files), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    return path
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    header, *body = rows
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell if cell != "" else " " for cell in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _notes(comp: Comparison, labels: Mapping[str, str]) -> str:
+    lines = []
+    for mode in comp.modes:
+        for dim, reason in comp.results[mode].unavailable.items():
+            lines.append(f"- {NA}: {labels.get(mode, mode)} / {dim}: {reason}")
+    if not lines:
+        return ""
+    return ("\nDimensions that could not run (scores average only the dimensions present):\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def write_markdown(path: str | os.PathLike, title: str, rows: Sequence[Sequence[str]], notes: str = "") -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"# {title}\n\n" + markdown_table(rows) + notes, encoding="utf-8")
+    return path
+
+
+def write_tables(
+    comp: Comparison,
+    out_dir: str | os.PathLike,
+    output_json: str | os.PathLike | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
+    """Write the four CSV tables, their Markdown twins and the results JSON. Returns name -> path."""
+    out_dir = Path(out_dir)
+    labels = dict(labels or {})
+    output_json = Path(output_json) if output_json is not None else out_dir / COMPARISON_JSON
+    notes = _notes(comp, labels)
+    tables = {
+        VBENCH_TABLE: ("VBench scores (higher is better)", vbench_rows(comp, labels), notes),
+        FIDELITY_TABLE: (f"Fidelity against {labels.get(comp.baseline, comp.baseline)} "
+                         "(higher PSNR/SSIM and lower LPIPS are better)", fidelity_rows(comp, labels), ""),
+        SUMMARY_TABLE: (f"Summary (speedups against {labels.get(comp.baseline, comp.baseline)})",
+                        summary_rows(comp, labels), notes),
+        RESULTS_TABLE: ("All metrics", results_rows(comp, labels), notes),
+    }
+    written: dict[str, Path] = {}
+    for name, (title, rows, note) in tables.items():
+        written[name] = write_csv(out_dir / name, rows)
+        md = Path(name).with_suffix(".md").name
+        written[md] = write_markdown(out_dir / md, title, rows, note)
+    write_json(output_json, comparison_json(comp))
+    written[COMPARISON_JSON] = output_json
+    return written

@@ -1,0 +1,121 @@
+"""Generation timings from the batch generator's logs, and speedups against a named baseline.
+
+Logs are ``generation_log_<start>-<end>.json`` files (and the legacy ``generation_log.json``) shaped
+``{"runs": [{"mode", "prompt", "sample", "time_seconds", "timings": {"denoising_s", ...}, "cache": {...}}, ...]}``.
+Several logs are merged; a video that appears in more than one log (a resumed or repeated run) counts once, with
+the entry of the most recently written log (as the batch generator's own summary does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LOG_GLOBS = ("generation_log_*.json", "generation_log.json")
+
+
+@dataclass(frozen=True)
+class ModeTiming:
+    """Per-mode averages over the videos of the logs (seconds)."""
+
+    avg_time: float
+    total_time: float
+    num_videos: int
+    avg_denoising_time: float | None = None
+    num_denoising: int = 0
+    avg_computed_steps: float | None = None
+    avg_skipped_steps: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Reference keys (avg_time, total_time, num_videos) plus the optional ones that have a value."""
+        out: dict[str, Any] = {"avg_time": self.avg_time, "total_time": self.total_time, "num_videos": self.num_videos}
+        if self.avg_denoising_time is not None:
+            out["avg_denoising_time"] = self.avg_denoising_time
+            out["num_denoising"] = self.num_denoising
+        if self.avg_computed_steps is not None:
+            out["avg_computed_steps"] = self.avg_computed_steps
+        if self.avg_skipped_steps is not None:
+            out["avg_skipped_steps"] = self.avg_skipped_steps
+        return out
+
+
+def find_logs(log_dir: str | os.PathLike) -> list[Path]:
+    log_dir = Path(log_dir)
+    if not log_dir.is_dir():
+        return []
+    found = {p for pattern in LOG_GLOBS for p in log_dir.glob(pattern) if not p.name.startswith(".")}
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def load_timings(log_dir: str | os.PathLike) -> dict[str, ModeTiming]:
+    """``{mode: ModeTiming}`` from every generation log in ``log_dir`` (empty if there is none)."""
+    logs = find_logs(log_dir)
+    if not logs:
+        logger.info("no generation logs (generation_log_*.json) in %s: latency and speedup are left out", log_dir)
+        return {}
+    runs: dict[Any, dict[str, Any]] = {}
+    for path in logs:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            logger.warning("skipping unreadable generation log %s: %s", path, err)
+            continue
+        for i, run in enumerate(data.get("runs", [])):
+            if "mode" not in run or not isinstance(run.get("time_seconds"), int | float):
+                continue
+            if "prompt" in run and "sample" in run:
+                key: Any = (run["mode"], run["prompt"], run["sample"])
+            else:
+                key = (str(path), i)
+            runs[key] = run
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        by_mode.setdefault(run["mode"], []).append(run)
+    logger.info("timings of %d videos from %d log file(s) in %s", len(runs), len(logs), log_dir)
+
+    result = {}
+    for mode, mode_runs in by_mode.items():
+        times = [float(r["time_seconds"]) for r in mode_runs]
+        denoise = [float(r["timings"]["denoising_s"]) for r in mode_runs
+                   if isinstance(r.get("timings"), dict) and r["timings"].get("denoising_s") is not None]
+        computed = [float(r["cache"]["computed_steps"]) for r in mode_runs
+                    if isinstance(r.get("cache"), dict) and r["cache"].get("computed_steps") is not None]
+        skipped = [float(r["cache"]["skipped_steps"]) for r in mode_runs
+                   if isinstance(r.get("cache"), dict) and r["cache"].get("skipped_steps") is not None]
+        result[mode] = ModeTiming(
+            avg_time=sum(times) / len(times), total_time=sum(times), num_videos=len(times),
+            avg_denoising_time=_mean(denoise), num_denoising=len(denoise),
+            avg_computed_steps=_mean(computed), avg_skipped_steps=_mean(skipped),
+        )
+    return result
+
+
+def speedups(timings: dict[str, ModeTiming], baseline: str) -> dict[str, dict[str, float]]:
+    """``{mode: {"end_to_end": x, "denoising": y}}`` relative to ``baseline``; a key is absent where either side
+    lacks that timing. Empty when the baseline has no timing (speedups are never taken against a guessed mode)."""
+    base = timings.get(baseline)
+    if base is None:
+        if timings:
+            logger.warning("baseline %r has no timing in the generation logs (modes with timings: %s): "
+                           "no speedups", baseline, ", ".join(sorted(timings)))
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for mode, t in timings.items():
+        entry = {}
+        if t.avg_time > 0:
+            entry["end_to_end"] = base.avg_time / t.avg_time
+        if base.avg_denoising_time is not None and t.avg_denoising_time:
+            entry["denoising"] = base.avg_denoising_time / t.avg_denoising_time
+        out[mode] = entry
+    return out

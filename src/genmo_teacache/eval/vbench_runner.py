@@ -1,0 +1,283 @@
+"""Drive the official VBench (0.1.5) per mode and dimension, resumably.
+
+For each mode folder ``{videos}/{mode}`` and each dimension, the result goes to
+``{scores_dir}/{mode}/{dimension}_eval_results.json`` (VBench's own format, ``{dim: [mean, [per-video...]]}``, with
+video paths pointing at the real videos). A dimension whose result file exists is skipped. Each dimension runs in a
+fresh worker process inside the VBench environment (:mod:`.vbench_env`), so a crash or a missing model costs that
+dimension only. What happened to every dimension is recorded in ``{scores_dir}/vbench_status.json``
+(``{mode: {dimension: {"status", "reason", "seconds", "log"}}}``); a dimension that could not run is reported there
+with the reason, and shown as ``n/a`` in the tables, never as a score of 0. Failed dimensions are retried on the next
+run (weights may have been provided since).
+
+VBench's standard mode finds ``{prompt}-{i}.mp4`` in the folder and takes the file suffix from the first entry of
+``os.listdir``, so it must see videos only. It is therefore always given a view: a temporary folder of links to the
+finished ``.mp4`` files of the mode (names starting with ``.tmp-`` are unfinished writes and are left out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from genmo_teacache.eval.layout import VIDEO_SUFFIX, list_videos, load_prompt_names
+from genmo_teacache.eval.scoring import ALL_DIMENSIONS, RESULT_SUFFIX
+from genmo_teacache.video import TMP_PREFIX, atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "vbench_status.json"
+WORKER = Path(__file__).with_name("vbench_worker.py")
+DETECTRON2_DIMENSIONS = ("object_class", "multiple_objects", "color", "spatial_relationship")
+UNAVAILABLE_STATUSES = ("failed", "no_videos")
+DOWNLOAD_ERRORS = ("URLError", "HTTPError", "ConnectionError", "gaierror", "timeout", "MaxRetryError",
+                   "ReadTimeout", "ConnectTimeout", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+@dataclass(frozen=True)
+class DimensionOutcome:
+    mode: str
+    dimension: str
+    status: str  # "done", "exists", "failed", "no_videos"
+    reason: str | None = None
+    seconds: float = 0.0
+    log: str | None = None
+
+
+# ---------------------------------------------------------------- files
+
+
+def load_status(scores_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
+    path = Path(scores_dir) / STATUS_FILE
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def unavailable_dimensions(mode_status: dict[str, dict[str, Any]], raw: dict[str, float]) -> dict[str, str]:
+    """``{dimension: reason}`` of the dimensions of one mode that were tried, could not run, and have no result."""
+    return {dim: entry.get("reason") or entry["status"] for dim, entry in mode_status.items()
+            if entry.get("status") in UNAVAILABLE_STATUSES and dim not in raw}
+
+
+def prompts_by_dimension(full_info: str | os.PathLike) -> dict[str, list[str]]:
+    with open(full_info) as f:
+        entries = json.load(f)
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        for dim in entry["dimension"]:
+            out.setdefault(dim, []).append(entry["prompt_en"])
+    return out
+
+
+def vbench_names(videos: Sequence[Path], prompt_names: dict[str, str] | None = None) -> dict[str, Path]:
+    """``{name VBench must see: video}``. A video is ``{stem}-{i}.mp4``; where the batch generator had to map a
+    prompt to a safe stem (``prompt_names.json``), VBench sees it under the real prompt again (through a link)."""
+    out: dict[str, Path] = {}
+    for video in videos:
+        stem, sep, index = video.stem.rpartition("-")
+        prompt = (prompt_names or {}).get(stem) if sep else None
+        name = video.name
+        if prompt is not None and "/" not in prompt and "\0" not in prompt and len(prompt.encode()) <= 240:
+            name = f"{prompt}-{index}{video.suffix}"
+        out[name] = video
+    return out
+
+
+def matching_videos(videos: dict[str, Path] | Sequence[Path], prompts: Sequence[str]) -> list[str]:
+    """The names VBench's standard mode picks for these prompts: ``{prompt}-{i}.mp4`` with i in 0..4."""
+    names = list(videos) if isinstance(videos, dict) else [v.name for v in videos]
+    wanted = {f"{p}-{i}{VIDEO_SUFFIX}" for p in prompts for i in range(5)}
+    return [n for n in names if n in wanted]
+
+
+# ---------------------------------------------------------------- failures
+
+
+def explain_failure(dimension: str, error: dict[str, Any] | None, returncode: int, log_tail: str) -> str:
+    """A one-paragraph reason for a failed dimension, naming what is missing and what to do."""
+    if error is None:
+        return f"VBench worker exited with code {returncode} without a report; last log lines: {log_tail[-400:]}"
+    kind, message = error.get("type", "Error"), " ".join(str(error.get("message", "")).split())[:400]
+    module = error.get("module") or ""
+    if kind == "ModuleNotFoundError" and module.split(".")[0] == "detectron2":
+        return (f"{dimension} needs detectron2, which is not on PyPI: install it into the VBench environment from "
+                "its source repository (see docs/EVALUATION.md), then re-run")
+    if kind == "CalledProcessError" and any(tool in message for tool in ("wget", "git", "unzip")):
+        return (f"could not download the model weights {dimension} needs ({message}); without network access put "
+                "them where that command writes (under $VBENCH_CACHE_DIR, default ~/.cache/vbench) and re-run")
+    if kind == "FileNotFoundError" and any(part in message for part in (".pth", ".pt'", "vbench", "_model")):
+        return (f"model weights for {dimension} are missing ({message}); VBench downloads them at run time, which "
+                "needs network access: fetch them once or copy them to that path, then re-run")
+    if kind in DOWNLOAD_ERRORS or "Name or service not known" in message or "Temporary failure in name" in message:
+        return (f"could not download a model {dimension} needs ({kind}: {message}); it must be fetched once with "
+                "network access (VBench caches under ~/.cache/vbench, torch hub and Hugging Face caches)")
+    if kind == "ModuleNotFoundError":
+        return f"the VBench environment lacks the Python module {module or message!r} ({message})"
+    return f"{kind}: {message}"
+
+
+# ---------------------------------------------------------------- running
+
+
+def _make_view(videos: dict[str, Path], view_dir: Path) -> None:
+    for name, video in videos.items():
+        os.symlink(video.resolve(), view_dir / name)
+
+
+def _finish_result(tmp_out: Path, dimension: str, view_dir: Path, videos: dict[str, Path], final: Path
+                   ) -> str | None:
+    """Move VBench's result into place with the real video paths. Returns a failure reason, or None."""
+    produced = tmp_out / f"{dimension}{RESULT_SUFFIX}"
+    if not produced.is_file():
+        return f"VBench finished without writing {produced.name}"
+    with open(produced) as f:
+        data = json.load(f)
+    view_prefix = str(view_dir) + os.sep
+    for value in data.values():
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+            continue
+        for item in value[1]:
+            if isinstance(item, dict) and isinstance(item.get("video_path"), str):
+                name = item["video_path"][len(view_prefix):]
+                if item["video_path"].startswith(view_prefix) and name in videos:
+                    item["video_path"] = str(videos[name])
+    mean = data.get(dimension, [None])[0]
+    if mean is None or not math.isfinite(float(mean)):
+        return f"VBench scored no video for {dimension} (mean {mean}); see the log for unreadable videos"
+    with atomic_path(final) as tmp:
+        tmp.write_text(json.dumps(data, indent=4))
+    return None
+
+
+def run_dimension(
+    python: str | os.PathLike,
+    videos: dict[str, Path],
+    mode: str,
+    dimension: str,
+    scores_dir: Path,
+    full_info: str | os.PathLike,
+    device: str = "auto",
+) -> DimensionOutcome:
+    """Run one dimension of one mode in a worker process; write the result file on success. ``videos``: the
+    mode's videos by the name VBench must see (:func:`vbench_names`)."""
+    mode_out = scores_dir / mode
+    mode_out.mkdir(parents=True, exist_ok=True)
+    log_path = scores_dir / "logs" / mode / f"{dimension}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    final = mode_out / f"{dimension}{RESULT_SUFFIX}"
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="genmo-teacache-vbench-view-") as view, \
+            tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{dimension}-", dir=mode_out) as tmp_out:
+        view_dir, tmp_dir = Path(view), Path(tmp_out)
+        _make_view(videos, view_dir)
+        error_file = tmp_dir / "error.json"
+        cmd = [str(python), str(WORKER), "--videos", str(view_dir), "--dimension", dimension, "--output",
+               str(tmp_dir), "--full-info", str(full_info), "--device", device, "--error-file", str(error_file)]
+        with open(log_path, "w") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        seconds = time.monotonic() - start
+        if proc.returncode != 0:
+            error = json.loads(error_file.read_text()) if error_file.is_file() else None
+            tail = " ".join(log_path.read_text(errors="replace").splitlines()[-5:])
+            reason = explain_failure(dimension, error, proc.returncode, tail)
+            return DimensionOutcome(mode, dimension, "failed", reason, seconds, str(log_path))
+        reason = _finish_result(tmp_dir, dimension, view_dir, videos, final)
+    if reason is not None:
+        return DimensionOutcome(mode, dimension, "failed", reason, seconds, str(log_path))
+    return DimensionOutcome(mode, dimension, "done", None, seconds, str(log_path))
+
+
+def _record(scores_dir: Path, outcome: DimensionOutcome) -> None:
+    status = load_status(scores_dir)
+    entry = {k: v for k, v in asdict(outcome).items() if k not in ("mode", "dimension")}
+    entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    status.setdefault(outcome.mode, {})[outcome.dimension] = entry
+    write_json(scores_dir / STATUS_FILE, status)
+
+
+def run_vbench(
+    videos_dir: str | os.PathLike,
+    modes: Sequence[str],
+    scores_dir: str | os.PathLike,
+    dimensions: Sequence[str] = ALL_DIMENSIONS,
+    full_info: str | os.PathLike | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> list[DimensionOutcome]:
+    """Evaluate every mode on every dimension that has no result yet. Never raises for a dimension that cannot
+    run: its outcome (and the status file) says why."""
+    from genmo_teacache.eval import vbench_env
+
+    videos_dir, scores_dir = Path(videos_dir), Path(scores_dir)
+    unknown = [d for d in dimensions if d not in ALL_DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown VBench dimension(s) {unknown}; choose from: {', '.join(ALL_DIMENSIONS)}")
+    for mode in modes:
+        if not (videos_dir / mode).is_dir():
+            raise FileNotFoundError(f"no video folder {videos_dir / mode} for mode {mode!r}")
+
+    todo = [(m, d) for m in modes for d in dimensions
+            if overwrite or not (scores_dir / m / f"{d}{RESULT_SUFFIX}").is_file()]
+    outcomes = [DimensionOutcome(m, d, "exists") for m in modes for d in dimensions if (m, d) not in todo]
+    if outcomes:
+        logger.info("VBench: %d mode/dimension results exist already and are kept", len(outcomes))
+    if not todo:
+        return outcomes
+
+    pythons: dict[str, Path | Exception] = {}
+
+    def python_for(dimension: str) -> Path | Exception:
+        tier = vbench_env.tier_for(dimension)
+        if tier not in pythons:
+            try:
+                pythons[tier] = vbench_env.ensure_env(tier)
+            except (vbench_env.VBenchEnvError, OSError, subprocess.CalledProcessError) as err:
+                logger.error("VBench environment (%s tier) unavailable: %s", tier, err)
+                pythons[tier] = err
+        return pythons[tier]
+
+    prompts: dict[str, list[str]] = {}
+    prompt_names = load_prompt_names(videos_dir)
+    videos_of = {mode: vbench_names(list_videos(videos_dir / mode), prompt_names) for mode in modes}
+
+    def evaluate_one(mode: str, dim: str) -> DimensionOutcome:
+        nonlocal full_info, prompts
+        if full_info is None:  # the one that ships inside the vbench wheel (needs the core tier only)
+            core = python_for("temporal_flickering")
+            if isinstance(core, Exception):
+                return DimensionOutcome(mode, dim, "failed", f"VBench environment unavailable: {core}")
+            full_info = vbench_env.vbench_package_dir(core) / "VBench_full_info.json"
+        if not prompts:
+            prompts = prompts_by_dimension(full_info)
+        if not matching_videos(videos_of[mode], prompts.get(dim, [])):
+            return DimensionOutcome(mode, dim, "no_videos", f"no video of {videos_dir / mode} is named after a "
+                                    f"{dim} prompt of {full_info} ({{prompt}}-{{i}}.mp4)")
+        python = python_for(dim)
+        if isinstance(python, Exception):
+            return DimensionOutcome(mode, dim, "failed", f"VBench environment unavailable: {python}")
+        return run_dimension(python, videos_of[mode], mode, dim, scores_dir, full_info, device)
+
+    from tqdm.auto import tqdm
+
+    for mode, dim in tqdm(todo, desc="VBench", unit="dim"):
+        outcome = evaluate_one(mode, dim)
+        if outcome.status == "done":
+            logger.info("VBench %s / %s done in %.0f s", mode, dim, outcome.seconds)
+        else:
+            logger.warning("VBench %s / %s: %s: %s", mode, dim, outcome.status, outcome.reason)
+        _record(scores_dir, outcome)
+        outcomes.append(outcome)
+    return outcomes
+

@@ -1,0 +1,12 @@
+#!/usr/bin/env python3
+"""Comparison tables, results JSON and plots from existing results (reference entry point; see docs/EVALUATION.md).
+
+    python3 vbench_eval/compare_results.py --baseline mochi_baseline --scores-dir vbench_eval/vbench_scores \
+        --fidelity-dir vbench_eval/fidelity_metrics --gen-log-dir vbench_eval/logs \
+        --output-json vbench_eval/all_comparison_results.json
+"""
+
+from genmo_teacache.eval.cli import compare_command
+
+if __name__ == "__main__":
+    compare_command()
