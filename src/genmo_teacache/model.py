@@ -151,9 +151,12 @@ class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
     def forward(self, *args: Any, phase: str = "full", **kwargs: Any) -> Any:
         """``phase="full"`` (default): upstream's forward, same arguments, same result. The sampler calls the
         other phases through ``forward`` too (``"prepare"``, ``"modulated_input"``, ``"blocks"``, ``"finish"``)
-        so that wrappers such as FSDP see a forward call and gather the parameters the phase needs."""
+        so that wrappers such as FSDP see a forward call and gather the parameters the phase needs
+        (``"noop"`` does nothing but that)."""
         if phase == "full":
             return self._full_forward(*args, **kwargs)
+        if phase == "noop":  # lets a wrapper (FSDP) run its lazy root initialisation
+            return None
         return getattr(self, _PHASES[phase])(*args, **kwargs)
 
     def _full_forward(

@@ -95,7 +95,9 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
         )
 
     def get_model(self, *, local_rank, device_id, world_size, model_kwargs=None, patch_model_fns=None,
-                  strict_load=True, load_checkpoint=True, fast_init=True):
+                  strict_load=True, load_checkpoint=True, fast_init=True, fsdp=None, all_ranks_load=False):
+        """As upstream. ``fsdp(model, auto_wrap_policy)`` replaces upstream's FSDP setup for world_size > 1;
+        ``all_ranks_load`` where FSDP cannot sync weights from rank 0 (CPU)."""
         lora_sd = None
         kwargs = {**self.kwargs["model_kwargs"], **(model_kwargs or {})}
         if self.kwargs["lora_path"] is not None:
@@ -108,7 +110,7 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
             model = TeaCacheAsymmDiTJoint(**args)
         for fn in patch_model_fns or []:
             model = fn(model)
-        if local_rank == 0 and load_checkpoint:
+        if load_checkpoint and (local_rank == 0 or all_ranks_load):
             sd = up.load_to_cpu(self.kwargs["model_path"])
             result = model.load_state_dict(sd, strict=strict_load)
             if not strict_load:
@@ -120,10 +122,12 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
                 model.load_state_dict(lora_sd, strict=strict_load)
         if world_size > 1:
             assert self.kwargs["model_dtype"] == "bf16", "FP8 is not supported for multi-GPU inference"
-            model = up.setup_fsdp_sync(
-                model, device_id=device_id, param_dtype=torch.float32,
-                auto_wrap_policy=partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks),
-            )
+            policy = partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks)
+            if fsdp is None:
+                model = up.setup_fsdp_sync(model, device_id=device_id, param_dtype=torch.float32,
+                                           auto_wrap_policy=policy)
+            else:
+                model = fsdp(model, auto_wrap_policy=policy)
         else:
             model = model.to(_device_of(device_id))
         return model.eval()

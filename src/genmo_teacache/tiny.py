@@ -98,8 +98,8 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
     """Write the tiny random model directory and return its path."""
     from safetensors.torch import save_file
 
-    from genmo_teacache.pipelines import decoder_kwargs, dit_kwargs
     from genmo_teacache.model import AsymmDiTJoint
+    from genmo_teacache.pipelines import decoder_kwargs, dit_kwargs
 
     out = Path(out_dir)
     if (out / "dit.safetensors").exists() and not overwrite:

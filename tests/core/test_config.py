@@ -66,8 +66,9 @@ def test_coefficient_files(tmp_path):
     good.write_text('{"coefficients": [1.0, 0.5], "x_range": [0.0, 0.3], "r2": 0.9}')
     r = Rescale.load(good)
     assert r(0.2) == pytest.approx(0.7) and r.x_max == 0.3 and r.info["r2"] == 0.9
-    for text, fragment in [("{", "not valid JSON"), ('{"coef": [1]}', "'coefficients' list"),
-                           ('{"coefficients": ["a"]}', "list of numbers"), ('{"coefficients": []}', "list of numbers")]:
+    cases = [("{", "not valid JSON"), ('{"coef": [1]}', "'coefficients' list"),
+             ('{"coefficients": ["a"]}', "list of numbers"), ('{"coefficients": []}', "list of numbers")]
+    for text, fragment in cases:
         bad = tmp_path / "bad.json"
         bad.write_text(text)
         with pytest.raises(ValueError, match=fragment):

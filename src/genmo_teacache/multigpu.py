@@ -1,0 +1,219 @@
+"""Context-parallel generation through Ray: ``TeaCacheMultiGPUPipeline`` (upstream ``MochiMultiGPUPipeline``).
+
+One Ray actor per rank (one GPU each, or one CPU each with ``device_type="cpu"`` for tests): NCCL (gloo on
+CPU) process group, upstream's context-parallel group, DiT and T5 under FSDP FULL_SHARD, our factory and
+sampler in every rank. Every rank takes the same cache decision because the sampler all-reduces the
+indicator's numerator and denominator over the context-parallel group before the threshold test.
+
+Under FSDP, block 0's parameters are flat shards outside its forward, so the block-0 modulation the indicator
+needs comes from a replicated copy gathered once after wrapping (151 MB at full size).
+
+A rank that raises stops the run: the driver waits on all ranks, and on the first error kills every actor
+(a rank stuck in a collective would otherwise hang) and re-raises; collectives also time out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from genmo_teacache import compat
+
+compat.apply()
+
+import ray  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from genmo.lib.progress import progress_bar  # noqa: E402
+from genmo.mochi_preview import pipelines as up  # noqa: E402
+
+from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.parallel import check_divisible  # noqa: E402
+from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+COLLECTIVE_TIMEOUT_S = int(os.environ.get("GENMO_TEACACHE_COLLECTIVE_TIMEOUT_S", "600"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def fsdp_wrap(model: nn.Module, device: torch.device, auto_wrap_policy) -> nn.Module:
+    """Upstream's ``setup_fsdp_sync`` with one change: root forward inputs are not cast to the parameter dtype.
+    Upstream only ever passes fp32 tensors to the root (so nothing changes for it), but our sampler passes the
+    phases' bf16 activations through the root forward, and casting them to fp32 would change the numerics
+    away from the single-GPU result. On CPU, FSDP cannot sync weights from rank 0 (that needs GPUs): every CPU
+    rank loads the weights instead."""
+    from torch.distributed.fsdp import BackwardPrefetch, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = FSDP(
+        model,
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        mixed_precision=MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32,
+                                       buffer_dtype=torch.float32, cast_root_forward_inputs=False),
+        auto_wrap_policy=auto_wrap_policy,
+        backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
+        limit_all_gathers=True,
+        device_id=device if device.type == "cpu" else device.index,
+        sync_module_states=device.type == "cuda",
+        use_orig_params=True,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return model
+
+
+def replicate_block0_modulation(dit: nn.Module) -> None:
+    """Gather block 0's ``mod_x`` once (collective: every rank calls this) and keep an unsharded copy, outside
+    FSDP's management, for the indicator."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    inner = dit.module if isinstance(dit, FSDP) else dit
+    dit(phase="noop")  # FSDP initialises its root on the first forward; block 0 must not be taken for a root
+    block0 = inner.blocks[0]
+    with FSDP.summon_full_params(block0, writeback=False):
+        src = block0.module.mod_x if isinstance(block0, FSDP) else block0.mod_x
+        copy = nn.Linear(src.in_features, src.out_features, device=src.weight.device, dtype=src.weight.dtype)
+        with torch.no_grad():
+            copy.weight.copy_(src.weight)
+            copy.bias.copy_(src.bias)
+    object.__setattr__(inner, "_replicated_mod_x0", copy.eval())  # not registered: FSDP and state_dict ignore it
+
+
+class RankContext:
+    """What one Ray actor holds: its rank's models. Created cheaply; ``setup`` joins the process group."""
+
+    def __init__(self, *, factories: dict[str, Any], rank: int, world_size: int, device_type: str):
+        self.factories, self.rank, self.world_size, self.device_type = factories, rank, world_size, device_type
+
+    def address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import genmo.mochi_preview.dit.joint_model.context_parallel as cp
+
+        self.device = torch.device("cuda:0") if self.device_type == "cuda" else torch.device("cpu")
+        if self.device_type == "cuda":
+            torch.cuda.set_device(self.device)
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
+        dist.init_process_group("nccl" if self.device_type == "cuda" else "gloo", rank=self.rank,
+                                world_size=self.world_size, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+                                device_id=self.device if self.device_type == "cuda" else None)
+        cp.set_cp_group(dist.group.WORLD, list(range(self.world_size)), self.rank)
+        f = self.factories
+        dit_factory = f["dit_factory"]
+        self.tokenizer = up.t5_tokenizer(f["text_encoder_factory"].model_dir)
+        self.text_encoder = self._text_encoder(f["text_encoder_factory"])
+        self.dit = dit_factory.get_model(local_rank=self.rank, device_id=self._device_id(),
+                                         world_size=self.world_size, fsdp=partial(fsdp_wrap, device=self.device),
+                                         all_ranks_load=self.device_type == "cpu")
+        replicate_block0_modulation(self.dit)
+        self.decoder = f["decoder_factory"].get_model(local_rank=self.rank, device_id=self._device_id(),
+                                                      world_size=self.world_size)
+
+    def _device_id(self) -> int | str:
+        return 0 if self.device_type == "cuda" else "cpu"
+
+    def _text_encoder(self, factory) -> nn.Module:
+        from transformers import T5EncoderModel
+        from transformers.models.t5.modeling_t5 import T5Block
+
+        model = T5EncoderModel.from_pretrained(factory.model_dir)
+        policy = partial(up.transformer_auto_wrap_policy, transformer_layer_cls={T5Block})
+        return fsdp_wrap(model, self.device, policy).eval()
+
+    def generate(self, *, progress: bool, **kwargs: Any) -> dict[str, Any]:
+        # the single-device pipeline's generate, on this rank's models (same timing and decoding code)
+        pipe = TeaCacheSingleGPUPipeline.__new__(TeaCacheSingleGPUPipeline)
+        pipe.device, pipe.cpu_offload, pipe.decode_type, pipe.decode_args = self.device, False, "full", {}
+        pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
+                                                                     self.decoder)
+        with progress_bar(type="ray_tqdm" if progress else "none", enabled=progress and self.rank == 0):
+            out = pipe.generate(progress=progress and self.rank == 0, **kwargs)
+        return {"out": out if self.rank == 0 else None, "rank": self.rank,
+                "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps]}
+
+    def fail(self) -> None:
+        """For tests: raise on this rank."""
+        raise RuntimeError(f"rank {self.rank} failed on purpose")
+
+
+class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
+    """Upstream's multi-GPU pipeline with our factory and caching sampler in every rank.
+
+    ``device_type="cpu"`` runs the same thing on CPU ranks (gloo, one CPU per actor) for tests.
+    ``ray_address`` joins an existing cluster; otherwise a local one is started and shut down by ``close``.
+    """
+
+    def __init__(self, *, text_encoder_factory, dit_factory, decoder_factory, world_size: int,
+                 device_type: str = "cuda", ray_address: str | None = None):
+        if world_size < 2:
+            raise ValueError(f"world_size={world_size}: the multi-GPU pipeline needs at least 2 ranks")
+        num_heads = dit_factory.kwargs["model_kwargs"].get("num_heads", 24)
+        if num_heads % world_size:
+            raise ValueError(f"{num_heads} attention heads do not divide over {world_size} ranks")
+        self.world_size, self.device_type, self.num_heads = world_size, device_type, num_heads
+        self._started_ray = not ray.is_initialized()
+        if self._started_ray:
+            env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_", "NVSHMEM_"))}
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": env} if env else None,
+                     **({"num_cpus": world_size} if device_type == "cpu" and ray_address is None else {}))
+        if device_type == "cuda":
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            if gpus < world_size:
+                self.close()
+                raise ValueError(f"--num_gpus {world_size} asked for but the Ray cluster has {gpus} GPUs")
+        factories = dict(text_encoder_factory=text_encoder_factory, dit_factory=dit_factory,
+                         decoder_factory=decoder_factory)
+        resources = {"num_gpus": 1} if device_type == "cuda" else {"num_cpus": 1, "num_gpus": 0}
+        Remote = ray.remote(**resources)(RankContext)
+        self.ctxs = [Remote.remote(factories=factories, rank=i, world_size=world_size, device_type=device_type)
+                     for i in range(world_size)]
+        addr, port = ray.get(self.ctxs[0].address.remote())
+        self._wait([ctx.setup.remote(addr, port) for ctx in self.ctxs])
+
+    def _wait(self, refs: list) -> list:
+        """ray.get on every rank, but on the first failure kill all ranks and raise (no hang)."""
+        pending, done = list(refs), {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                done[ready[0]] = ray.get(ready[0])
+            except Exception:
+                self.close()
+                raise
+        return [done[r] for r in refs]
+
+    def generate(self, *, batch_cfg: bool, prompt: str, negative_prompt: str, cache: CacheConfig,
+                 progress: bool = True, **kwargs: Any) -> GenerationOutput:
+        check_divisible(self.world_size, num_heads=self.num_heads, width=kwargs["width"], height=kwargs["height"],
+                        num_frames=kwargs["num_frames"])
+        results = self._wait([ctx.generate.remote(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt,
+                                                  cache=cache, progress=progress, **kwargs) for ctx in self.ctxs])
+        decisions = {tuple(r["decisions"]) for r in results}
+        if len(decisions) != 1:  # cannot happen while the indicator is all-reduced; a loud check if it ever does
+            raise RuntimeError(f"ranks took different cache decisions: {decisions}")
+        self.rank_results = results
+        return results[0]["out"]
+
+    def __call__(self, **kwargs):
+        return self.generate(cache=kwargs.pop("cache", None) or CacheConfig.baseline(), **kwargs).frames
+
+    def close(self) -> None:
+        for ctx in getattr(self, "ctxs", []):
+            ray.kill(ctx)
+        self.ctxs = []
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
