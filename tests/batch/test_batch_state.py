@@ -160,4 +160,5 @@ def test_summary_and_read_logs(tmp_path):
     assert rows["mochi_baseline"]["speedup"] == 1.0
     assert rows["fixed_0.1"]["speedup"] == pytest.approx(2.0)
     assert rows["fixed_0.1"]["computed_fraction"] == pytest.approx(0.5)
-    assert "| fixed_0.1 | 2 | 1.0 ± 0.0 | 2.00x | 50% |" in format_summary(list(rows.values()))
+    assert rows["fixed_0.1"]["denoising_speedup"] == pytest.approx(1.8 / 0.8)
+    assert "| fixed_0.1 | 2 | 1.0 ± 0.0 | 2.00x | 2.25x | 50% |" in format_summary(list(rows.values()))

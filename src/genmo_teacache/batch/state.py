@@ -180,7 +180,8 @@ def read_logs(root: Path) -> list[dict[str, Any]]:
 
 def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
               baseline: str | None = None) -> list[dict[str, Any]]:
-    """Per mode: videos, mean/std latency, speedup over the baseline on the videos both have, computed steps.
+    """Per mode: videos, mean/std latency, end-to-end and denoising speedup over the baseline on the videos both
+    have, share of computed steps.
 
     ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``).
     """
@@ -200,22 +201,34 @@ def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
         skipped = [r.get("cache", {}).get("skipped_steps") for r in mruns.values()]
         fractions = [c / (c + s) for c, s in zip(computed, skipped, strict=True)
                      if isinstance(c, int | float) and isinstance(s, int | float) and c + s > 0]
-        speedup = math.nan
-        if baseline in by_mode:
-            common = sorted(set(mruns) & set(by_mode[baseline]))
-            if common:
-                base_t = sum(by_mode[baseline][k]["time_seconds"] for k in common)
-                mode_t = sum(mruns[k]["time_seconds"] for k in common)
-                speedup = base_t / mode_t if mode_t > 0 else math.nan
+        common = sorted(set(mruns) & set(by_mode.get(baseline, {})))
         rows.append({
             "mode": mode,
             "videos": len(mruns),
             "latency_s": statistics.fmean(times),
             "latency_std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
-            "speedup": speedup,
+            "speedup": _ratio(common, by_mode.get(baseline, {}), mruns, _total),
+            "denoising_speedup": _ratio(common, by_mode.get(baseline, {}), mruns, _denoising),
             "computed_fraction": statistics.fmean(fractions) if fractions else math.nan,
         })
     return rows
+
+
+def _total(run: dict[str, Any]) -> float | None:
+    return run.get("time_seconds")
+
+
+def _denoising(run: dict[str, Any]) -> float | None:
+    timings = run.get("timings")
+    return timings.get("denoising_s") if isinstance(timings, dict) else None
+
+
+def _ratio(keys: list[Any], base: dict[Any, dict[str, Any]], mode: dict[Any, dict[str, Any]], get: Any) -> float:
+    """Summed time of the baseline over summed time of the mode, on the videos both have (nan if none)."""
+    pairs = [(get(base[k]), get(mode[k])) for k in keys]
+    pairs = [(b, m) for b, m in pairs if isinstance(b, int | float) and isinstance(m, int | float)]
+    total = sum(m for _, m in pairs)
+    return sum(b for b, _ in pairs) / total if pairs and total > 0 else math.nan
 
 
 def _is_baseline(mode: str, cls: Any) -> bool:
@@ -227,10 +240,11 @@ def _is_baseline(mode: str, cls: Any) -> bool:
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`summarize` rows."""
-    lines = ["| mode | videos | latency (s) | speedup | computed steps |", "|---|---:|---:|---:|---:|"]
+    lines = ["| mode | videos | latency (s) | speedup | denoising speedup | computed steps |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        speed = "" if math.isnan(r["speedup"]) else f"{r['speedup']:.2f}x"
+        speed, dspeed = ("" if math.isnan(r[k]) else f"{r[k]:.2f}x" for k in ("speedup", "denoising_speedup"))
         frac = "" if math.isnan(r["computed_fraction"]) else f"{100 * r['computed_fraction']:.0f}%"
         lines.append(f"| {r['mode']} | {r['videos']} | {r['latency_s']:.1f} ± {r['latency_std_s']:.1f} | {speed} "
-                     f"| {frac} |")
+                     f"| {dspeed} | {frac} |")
     return "\n".join(lines)

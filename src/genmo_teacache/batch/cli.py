@@ -1,0 +1,288 @@
+"""``genmo-teacache batch`` (= ``vbench_eval/batch_generate.py``) and ``genmo-teacache sweep``
+(= ``vbench_eval/run_adaptive_threshold_experiment.py``): the click commands, mapping flags onto the typed
+functions of this package. See docs/BATCH.md."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from genmo_teacache.batch.execute import PipelineSpec
+from genmo_teacache.batch.jobs import MAX_SAMPLES, BatchError, Job, build_jobs, longest_first, select_prompts
+from genmo_teacache.batch.naming import parse_modes
+from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, load_prompts, resolve_prompts_file
+from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
+from genmo_teacache.batch.state import finished_entries, format_summary, read_logs, summarize
+from genmo_teacache.generate import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODES = "baseline,fixed_0.04,fixed_0.12,adaptive_0.12_0.04"
+
+
+def _generation_option_names() -> frozenset[str]:
+    probe = generation_options(lambda **kw: None)
+    return frozenset(p.name for p in getattr(probe, "__click_params__", []) if p.name)
+
+
+GENERATION_OPTIONS = _generation_option_names()
+
+
+def setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("genmo_teacache").setLevel(level)
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generation options, the rest)."""
+    gen = {k: v for k, v in kwargs.items() if k in GENERATION_OPTIONS}
+    return gen, {k: v for k, v in kwargs.items() if k not in GENERATION_OPTIONS}
+
+
+def gpus_per_worker(gen: dict[str, Any], o: dict[str, Any]) -> int:
+    """GPUs per pipeline: ``--gpus-per-worker`` or the generation option ``--num_gpus`` (the same thing); 1 unless
+    given (unlike ``generate``, whose --num_gpus default is every visible GPU: a batch spreads jobs, not ranks)."""
+    k, num_gpus = o.get("gpus_per_worker"), gen.get("num_gpus") or 1
+    if k is not None and num_gpus not in (1, k):
+        raise click.UsageError(f"--gpus-per-worker {k} and --num_gpus {num_gpus} disagree: give one of them")
+    return k or num_gpus
+
+
+def pipeline_spec(gen: dict[str, Any], k: int, use_ray: bool) -> PipelineSpec:
+    """How each process or worker loads its pipeline. Ray workers already run inside the cluster, so they get
+    no ``ray_address`` (``--ray_address`` then names the cluster of the batch)."""
+    kwargs = pipeline_kwargs(gen)
+    kwargs["num_gpus"] = k
+    if use_ray:
+        kwargs.pop("ray_address", None)
+    return PipelineSpec(str(gen["model_dir"]), kwargs)
+
+
+def is_cpu(gen: dict[str, Any]) -> bool:
+    return str(gen.get("device") or "auto").startswith("cpu")
+
+
+def _compose(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def apply(f: Any) -> Any:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def prompt_options(default_output: str) -> Callable[[Any], Any]:
+    return _compose(
+        click.option("--prompts-file", "--prompts_file", "prompts_file", default=DEFAULT_PROMPTS_FILE,
+                     show_default=True,
+                     help="VBench full-info JSON (list of {prompt_en, dimension, ...}) or a text file, one prompt a "
+                          "line."),
+        click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
+                     default=default_output, show_default=True,
+                     help="Root of videos/<mode>/, reports/<mode>/, logs/ and prompt_names.json."),
+        click.option("--generation-seed", "--generation_seed", "generation_seed", type=int, default=0,
+                     show_default=True, help="Seed of sample 0; sample i uses seed + i, the same in every mode."),
+        click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+                     help="Print the job table (cost, share, status) and exit; writes nothing."),
+        click.option("--verbose", "-v", is_flag=True, help="Debug logging."),
+    )
+
+
+def ray_options(f: Any) -> Any:
+    return _compose(
+        click.option("--ray", "use_ray", is_flag=True,
+                     help="Run on Ray workers: one per GPU (or per --gpus-per-worker GPUs; per --num-workers CPU "
+                          "slots with --device cpu), a shared longest-first queue, dead workers' jobs retried. "
+                          "--ray_address joins a running cluster; default: start a local one."),
+        click.option("--num-workers", "--num_workers", "num_workers", type=click.IntRange(min=1), default=None,
+                     help="Ray workers to start (default: every GPU of the cluster / --gpus-per-worker; 1 on CPU)."),
+        click.option("--gpus-per-worker", "--gpus_per_worker", "gpus_per_worker", type=click.IntRange(min=1),
+                     default=None,
+                     help="GPUs per Ray worker (default 1, or --num_gpus); >1 loads the context-parallel pipeline "
+                          "(num_gpus=k) in each worker."),
+        click.option("--max-retries", "--max_retries", "max_retries", type=click.IntRange(min=0), default=2,
+                     show_default=True, help="Retries of a job whose worker died or that raised, before it is "
+                                             "reported failed."),
+    )(f)
+
+
+def load_prompt_list(prompts_file: str) -> list[Any]:
+    try:
+        return load_prompts(resolve_prompts_file(prompts_file))
+    except PromptFileError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def run_plan(plan: BatchPlan, spec: PipelineSpec, *, use_ray: bool, cpu: bool, ray_address: str | None,
+             num_workers: int | None, gpus_per_worker: int, max_retries: int) -> BatchResult:
+    if not use_ray and not cpu and gpus_per_worker == 1:
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            logger.info("this process uses one GPU of %d: add --ray to use all of them (one worker each), or run "
+                        "one process per GPU with --gpu-id/--total-gpus", torch.cuda.device_count())
+    try:
+        if use_ray:
+            from genmo_teacache.batch.ray_runner import RayOptions, run_ray
+
+            opts = RayOptions(address=ray_address, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+                              cpu=cpu, max_retries=max_retries)
+            return run_ray(plan, spec, opts)
+        return run_local(plan, spec)
+    except BatchError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def report_result(plan: BatchPlan, result: BatchResult, modes: list[str]) -> None:
+    click.echo(f"\n{result.generated} video(s) generated, {result.already_done} done before, "
+               f"{len(result.failed)} failed, of {result.total}; {result.elapsed_s:.0f} s. Log: {result.log_path}")
+    runs = read_logs(plan.root)
+    if runs:
+        click.echo(format_summary(summarize(runs, modes)))
+    if result.failed:
+        lines = "\n".join(f"  {job.id}: {why}" for job, why in result.failed)
+        raise click.ClickException(f"{len(result.failed)} job(s) failed (re-run the same command to retry them):\n"
+                                   f"{lines}")
+
+
+def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str | list[str], *,
+              num_samples: int, generation_seed: int, start_idx: int, end_idx: int | None, gpu_id: int | None = None,
+              total_gpus: int = 1, num_prompts: int | None = None) -> tuple[BatchPlan, list[str]]:
+    """Validate everything that can be validated without the model; raise click errors naming the bad value."""
+    prompts = load_prompt_list(prompts_file)
+    try:
+        modes = parse_modes(modes_text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--modes") from None
+    try:
+        if num_prompts is not None:
+            end_idx = start_idx + num_prompts
+        selected = select_prompts(prompts, start_idx, end_idx)
+        jobs = build_jobs(selected, modes, num_samples, generation_seed, settings.num_steps)
+    except BatchError as e:
+        raise click.ClickException(str(e)) from None
+    start, end = selected[0][0], selected[-1][0] + 1
+    return BatchPlan(Path(output_dir), jobs, settings, start, end, gpu_id, total_gpus), [m for m, _ in modes]
+
+
+def print_dry_run(plan: BatchPlan, use_ray: bool) -> None:
+    try:
+        done = set(finished_entries(plan.jobs, plan.root, plan.settings_dict)) if plan.root.is_dir() else set()
+    except BatchError as e:
+        click.echo(f"warning: {e}", err=True)
+        done = set()
+    order: list[Job] | None = longest_first(plan.all_jobs) if use_ray else None
+    if use_ray:
+        click.echo("Ray queue order (longest first):")
+    click.echo(format_job_table(plan, done, order))
+    click.echo("dry run: nothing was written")
+
+
+# -- batch -----------------------------------------------------------------------------------------------------
+@click.command("batch", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@generation_options
+@prompt_options("outputs/vbench")
+@click.option("--modes", default=DEFAULT_MODES, show_default=True,
+              help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
+                   "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
+                   "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>).")
+@click.option("--num-samples", "--num_samples", "num_samples", type=click.IntRange(1, MAX_SAMPLES), default=1,
+              show_default=True, help="Videos per prompt and mode (VBench: 5 for the full protocol).")
+@click.option("--start-idx", "--start_idx", "start_idx", type=click.IntRange(min=0), default=0, show_default=True,
+              help="First prompt (index into the prompt list).")
+@click.option("--end-idx", "--end_idx", "end_idx", type=click.IntRange(min=1), default=None,
+              help="End of the prompt range, exclusive (default: the end of the list).")
+@click.option("--gpu-id", "--gpu_id", "gpu_id", type=click.IntRange(min=0), default=None,
+              help="With --total-gpus: run only this share of the cost-balanced split (one process per GPU).")
+@click.option("--total-gpus", "--total_gpus", "total_gpus", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Number of shares for a split by hand (see --gpu-id).")
+@ray_options
+@click.pass_context
+def batch_command(ctx: click.Context, **kwargs: Any) -> None:
+    """Generate every (prompt, mode, sample) video of an evaluation, resumably.
+
+    Loads the model once per process (or Ray worker); finished videos are skipped, so re-running the same
+    command after a crash completes exactly the missing videos.
+    """
+    gen, o = split_options(apply_model_defaults(ctx, kwargs))
+    setup_logging(o["verbose"])
+    if o["gpu_id"] is not None and o["gpu_id"] >= o["total_gpus"]:
+        raise click.BadParameter(f"--gpu-id {o['gpu_id']} needs --total-gpus > {o['gpu_id']}",
+                                 param_hint="--gpu-id")
+    if o["total_gpus"] > 1 and o["gpu_id"] is None and not o["dry_run"]:
+        raise click.BadParameter("--total-gpus > 1 needs --gpu-id (which share this process runs)",
+                                 param_hint="--gpu-id")
+    if o["use_ray"] and o["total_gpus"] > 1:
+        raise click.UsageError("--ray schedules jobs over the whole cluster: do not combine it with --gpu-id / "
+                               "--total-gpus (a split by hand)")
+    settings = settings_from_options(**gen)
+    plan, modes = make_plan(settings, o["prompts_file"], o["output_dir"], o["modes"], num_samples=o["num_samples"],
+                            generation_seed=o["generation_seed"], start_idx=o["start_idx"], end_idx=o["end_idx"],
+                            gpu_id=o["gpu_id"], total_gpus=o["total_gpus"])
+    if o["dry_run"]:
+        print_dry_run(plan, o["use_ray"])
+        return
+    k = gpus_per_worker(gen, o)
+    result = run_plan(plan, pipeline_spec(gen, k, o["use_ray"]), use_ray=o["use_ray"], cpu=is_cpu(gen),
+                      ray_address=gen.get("ray_address"), num_workers=o["num_workers"], gpus_per_worker=k,
+                      max_retries=o["max_retries"])
+    report_result(plan, result, modes)
+
+
+# -- sweep -----------------------------------------------------------------------------------------------------
+@click.command("sweep", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@generation_options
+@prompt_options("outputs/threshold_sweep")
+@click.option("--num-prompts", "--num_prompts", "num_prompts", type=click.IntRange(min=1), default=2,
+              show_default=True, help="Prompts of the sweep: the first N of the prompt file.")
+@click.option("--configs", default=None,
+              help="Candidates, comma-separated, each MODE or LABEL=MODE (e.g. c1=adaptive_0.08_0.04,"
+                   "fixed_0.06). Default: the reference c1-c4 adaptive (high, low) pairs (0.08, 0.04), (0.20, 0.10), "
+                   "(0.12, 0.04), (0.16, 0.10).")
+@click.option("--high-steps", "--high_steps", "high_steps", type=click.IntRange(min=1), default=None,
+              help="Steps of the high phase of the default candidates (default: 34 of 64 as in the reference, "
+                   "scaled to --num_steps).")
+@click.option("--metric", type=click.Choice(["psnr", "ssim", "lpips", "speedup"]), default="psnr",
+              show_default=True, help="What names the best candidate (lpips: lowest; others: highest).")
+@ray_options
+@click.pass_context
+def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
+    """The threshold mini-experiment: a few prompts x (baseline + candidate cache configs), generated with the
+    batch machinery, then fidelity against the baseline and a table naming the best candidate."""
+    from genmo_teacache.batch.sweep import default_candidates, parse_candidates, run_sweep
+
+    gen, o = split_options(apply_model_defaults(ctx, kwargs))
+    setup_logging(o["verbose"])
+    settings = settings_from_options(**gen)
+    try:
+        candidates = (parse_candidates(o["configs"]) if o["configs"]
+                      else default_candidates(settings.num_steps, o["high_steps"]))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--configs") from None
+    modes = ["baseline"] + [mode for _, mode in candidates]
+    plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1,
+                        generation_seed=o["generation_seed"], start_idx=0, end_idx=None,
+                        num_prompts=o["num_prompts"])
+    if o["dry_run"]:
+        print_dry_run(plan, o["use_ray"])
+        return
+    k = gpus_per_worker(gen, o)
+    result = run_plan(plan, pipeline_spec(gen, k, o["use_ray"]), use_ray=o["use_ray"], cpu=is_cpu(gen),
+                      ray_address=gen.get("ray_address"), num_workers=o["num_workers"], gpus_per_worker=k,
+                      max_retries=o["max_retries"])
+    if result.failed:
+        report_result(plan, result, modes)  # raises
+    run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None)
+
+
+def main(command: click.Command = batch_command, prog_name: str | None = None) -> None:
+    """Entry point of the vbench_eval scripts."""
+    command.main(prog_name=prog_name or Path(sys.argv[0]).name)
+

@@ -1,0 +1,228 @@
+"""The Ray runner: one worker actor per GPU (or per group of ``gpus_per_worker`` GPUs, or per CPU slot with
+``--device cpu``), each loading the model once (a worker of k > 1 GPUs loads the context-parallel pipeline,
+whose rank actors hold the GPUs, one each); the driver serves a shared queue longest job first as workers
+free up, writes the generation log after every finished job and shows one progress bar.
+
+Ownership: a job's video and report are written only by the worker running it, and a job runs on one worker at
+a time; the log and ``prompt_names.json`` are written only by the driver. On a multi-node cluster
+``--output-dir`` must be on a file system every node sees.
+
+Failures: a worker that dies (``RayActorError``: process killed, segfault, out of memory) has its job put back
+in the queue and is replaced by a new worker; a job that raises is put back too. A job is tried at most
+``1 + max_retries`` times, then reported failed. The driver connects to ``ray_address`` or starts a local
+cluster, and shuts down only what it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from genmo_teacache.batch.execute import CRASH_JOB_ENV, CRASH_MARKER_ENV, PipelineSpec, run_job
+from genmo_teacache.batch.jobs import BatchError, Job, longest_first
+from genmo_teacache.batch.runner import BatchPlan, BatchResult, prepare, progress_bar
+from genmo_teacache.batch.state import clean_stale_tmp
+
+logger = logging.getLogger(__name__)
+
+
+class BatchWorker:
+    """A Ray actor holding one loaded pipeline (wrapped with ``ray.remote`` at run time)."""
+
+    def __init__(self, name: str, spec: PipelineSpec, settings: Any, root: str, log_level: int = logging.INFO):
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        self.name, self.settings, self.root = name, settings, Path(root)
+        self.pipe = spec.load()
+
+    def ready(self) -> dict[str, Any]:
+        import ray
+
+        return {"name": self.name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()]}
+
+    def run(self, job: Job, attempt: int) -> dict[str, Any]:
+        return run_job(self.pipe, job, self.settings, self.root, worker=self.name, attempt=attempt)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start a local cluster
+    num_workers: int | None = None  # None: every GPU of the cluster (one per CPU slot requested with cpu)
+    gpus_per_worker: int = 1
+    cpu: bool = False  # CPU workers (num_gpus=0, num_cpus=1 each)
+    max_retries: int = 2
+
+
+def _crash_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in (CRASH_JOB_ENV, CRASH_MARKER_ENV) if k in os.environ}
+
+
+def _init_ray(opts: RayOptions) -> bool:
+    """Connect or start a cluster; return whether we started (and so must shut down) the connection."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if opts.address:  # an existing cluster (or a ray:// client address): its own settings apply
+        try:
+            ray.init(address=opts.address)
+        except (ConnectionError, RuntimeError) as e:
+            raise BatchError(
+                f"cannot connect to the Ray cluster at {opts.address}: {e}. Check the address; a cluster with token "
+                "authentication (Ray's default) also needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN) on this machine"
+            ) from None
+        return True
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if opts.cpu:  # enough logical CPUs for the CPU workers (and their CPU ranks) even on a small machine
+        ranks = opts.gpus_per_worker if opts.gpus_per_worker > 1 else 0
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, (opts.num_workers or 1) * (1 + ranks))
+    ray.init(**kwargs)
+    return True
+
+
+def _worker_count(opts: RayOptions) -> int:
+    import ray
+
+    if opts.cpu:
+        return opts.num_workers or 1
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    groups = gpus // opts.gpus_per_worker
+    if groups < 1:
+        raise BatchError(f"the Ray cluster has {gpus} GPU(s), fewer than --gpus-per-worker {opts.gpus_per_worker}: "
+                         "use --device cpu for CPU workers, or a cluster with GPUs")
+    if opts.num_workers and opts.num_workers > groups:
+        logger.warning("--num-workers %d > %d GPU group(s) in the cluster: the extra workers wait for GPUs",
+                       opts.num_workers, groups)
+    return opts.num_workers or groups
+
+
+def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResult:
+    """Run this invocation's pending jobs on Ray workers (see the module docstring)."""
+    import ray
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+
+    t0 = time.perf_counter()
+    log, pending_jobs = prepare(plan)
+    result = BatchResult(len(plan.jobs), len(plan.jobs) - len(pending_jobs), log_path=plan.log_path)
+    if not pending_jobs:
+        return result
+
+    started = _init_ray(opts)
+    remote_cls = ray.remote(BatchWorker)
+    # With k > 1 GPUs per worker the worker's context-parallel pipeline starts its own rank actors, which claim
+    # the GPUs (one each); the worker itself then must not hold any, or the ranks would wait forever.
+    gpus = 0 if opts.cpu or opts.gpus_per_worker > 1 else 1
+    resources = dict(num_cpus=1, num_gpus=gpus)
+    env = _crash_env()
+    actor_opts: dict[str, Any] = dict(max_restarts=0, max_concurrency=1, **resources)
+    if env:
+        actor_opts["runtime_env"] = {"env_vars": env}
+    log_level = logging.getLogger("genmo_teacache").getEffectiveLevel()
+
+    workers: dict[str, Any] = {}
+    starting: dict[Any, str] = {}  # ready ref -> worker name
+    running: dict[Any, tuple[str, Job, int]] = {}  # run ref -> (worker, job, attempt)
+    idle: list[str] = []
+    attempts: dict[int, int] = {}
+    queue = longest_first(pending_jobs)
+    counter = 0
+    start_errors: list[str] = []
+
+    def start_worker() -> None:
+        nonlocal counter
+        name = f"ray-{counter}"
+        counter += 1
+        actor = remote_cls.options(**actor_opts).remote(name, spec, plan.settings, str(plan.root), log_level)
+        workers[name] = actor
+        starting[actor.ready.remote()] = name
+
+    def retire(name: str) -> None:
+        actor = workers.pop(name, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
+    def give_back(job: Job, why: str) -> None:
+        if attempts[job.index] > opts.max_retries:
+            logger.error("%s failed %d time(s), giving up: %s", job.id, attempts[job.index], why)
+            result.failed.append((job, why))
+        else:
+            logger.warning("%s: %s; retrying (attempt %d of %d)", job.id, why, attempts[job.index] + 1,
+                           opts.max_retries + 1)
+            queue.append(job)
+            queue.sort(key=lambda j: (-j.cost, j.index))
+
+    def worker_lost(name: str, job: Job, why: str) -> None:
+        nonlocal replacements_left
+        retire(name)
+        clean_stale_tmp([job], plan.root)  # the dead worker's half-written files; nobody else writes them
+        give_back(job, why)
+        if replacements_left > 0:
+            replacements_left -= 1
+            start_worker()
+
+    replacements_left = 0
+    try:
+        n = _worker_count(opts)
+        replacements_left = max(n, 1) * opts.max_retries
+        logger.info("starting %d Ray worker(s) (%s each) for %d job(s)", n,
+                    "1 CPU" if opts.cpu else f"{opts.gpus_per_worker} GPU(s)", len(queue))
+        for _ in range(n):
+            start_worker()
+        with logging_redirect_tqdm(), progress_bar(result.total, result.already_done, "batch (ray)") as bar:
+            while queue or running:
+                while idle and queue:
+                    name, job = idle.pop(0), queue.pop(0)
+                    attempts[job.index] = attempts.get(job.index, 0) + 1
+                    running[workers[name].run.remote(job, attempts[job.index])] = (name, job, attempts[job.index])
+                if not running and not starting:
+                    why = "no Ray worker left" + (f" (last start error: {start_errors[-1]})" if start_errors else "")
+                    result.failed += [(job, why) for job in queue]
+                    queue.clear()
+                    break
+                [ref], _ = ray.wait(list(running) + list(starting), num_returns=1)
+                if ref in starting:
+                    name = starting.pop(ref)
+                    try:
+                        info = ray.get(ref)
+                    except RayError as e:
+                        start_errors.append(f"{type(e).__name__}: {e}")
+                        logger.error("worker %s failed to start: %s", name, e)
+                        retire(name)
+                        if not idle and not running and not starting and not result.generated:
+                            raise BatchError(f"no Ray worker could load the model: {e}") from None
+                        continue
+                    logger.info("worker %s ready: pid %s, GPUs %s", name, info["pid"], info["gpus"] or "none")
+                    idle.append(name)
+                    continue
+                name, job, attempt = running.pop(ref)
+                try:
+                    entry = ray.get(ref)
+                except RayActorError as e:  # the worker process is gone: redo its job elsewhere, replace it
+                    worker_lost(name, job, f"worker {name} died ({type(e).__name__})")
+                    continue
+                except RayTaskError as e:  # the job raised; the worker is fine
+                    idle.append(name)
+                    give_back(job, f"{type(e.cause).__name__ if e.cause else 'error'}: {e.cause or e}")
+                    continue
+                except RayError as e:  # anything else from Ray: do not trust this worker any more
+                    worker_lost(name, job, f"worker {name} lost ({type(e).__name__}: {e})")
+                    continue
+                log.add(job.index, entry)
+                result.generated += 1
+                idle.append(name)
+                bar.set_postfix_str(job.id[-60:], refresh=False)
+                bar.update()
+    finally:
+        for name in list(workers):
+            retire(name)
+        if started:
+            ray.shutdown()
+    result.elapsed_s = time.perf_counter() - t0
+    return result

@@ -1,0 +1,99 @@
+"""The batch command's validation and dry run, in process (no generation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from genmo_teacache.batch.cli import batch_command, sweep_command
+
+REPO = Path(__file__).parents[2]
+
+
+def invoke(command, *args: str):
+    return CliRunner().invoke(command, list(args), catch_exceptions=False)
+
+
+def tree(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    p = tmp_path / "prompts.txt"
+    p.write_text("a cat\na dog\na/cow\n")
+    return p
+
+
+def test_dry_run_prints_every_job_once_and_writes_nothing(tiny_model_dir, prompts, tmp_path):
+    out = tmp_path / "out"
+    res = invoke(batch_command, "--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir",
+                 str(out), "--modes", "baseline,fixed_0.1,fixed_0.3", "--num-samples", "2", "--total-gpus", "3",
+                 "--dry-run")
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines() if line[:5].strip().isdigit()]
+    assert sorted(int(r[0]) for r in rows) == list(range(3 * 3 * 2))
+    assert {r[1] for r in rows} == {"0", "1", "2"}
+    assert "share 2:" in res.output and "nothing was written" in res.output
+    assert not out.exists()
+
+
+def test_dry_run_on_existing_outputs_changes_nothing(tiny_model_dir, prompts, tmp_path):
+    out = tmp_path / "out"
+    (out / "videos" / "baseline").mkdir(parents=True)
+    (out / "videos" / "baseline" / ".tmp-a cat-0-abcdefgh.mp4").write_bytes(b"x")
+    before = tree(out)
+    res = invoke(batch_command, "--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir",
+                 str(out), "--modes", "baseline", "--ray", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "longest first" in res.output
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    ('[\n  {"prompt_en": "a"},\n  {"text": "b"}\n]', ".json", ":3: entry 1 has no 'prompt_en'"),
+    ("a cat\n\xff\n", ".txt", ":2: not valid UTF-8"),
+])
+def test_malformed_prompt_file_fails_naming_the_line(tiny_model_dir, tmp_path, content, suffix, message):
+    p = tmp_path / f"bad{suffix}"
+    p.write_bytes(content.encode("latin-1") if suffix == ".txt" else content.encode())
+    res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(p),
+                                             "--output-dir", str(tmp_path / "out"), "--modes", "baseline"])
+    assert res.exit_code != 0
+    assert f"{p}{message}" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("modes, message", [
+    ("baseline,fixd_0.04", "unknown mode 'fixd_0.04'"),
+    ("baseline,mochi_adaptive_f34s14l16", "mode 'mochi_adaptive_f34s14l16'"),  # 64 steps, not the tiny model's
+])
+def test_unknown_or_unfit_mode_fails_naming_it(tiny_model_dir, prompts, tmp_path, modes, message):
+    res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts),
+                                             "--output-dir", str(tmp_path / "out"), "--modes", modes])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_option_conflicts(tiny_model_dir, prompts, tmp_path):
+    base = ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir", str(tmp_path)]
+    assert "needs --total-gpus" in CliRunner().invoke(batch_command, base + ["--gpu-id", "2"]).output
+    res = CliRunner().invoke(batch_command, base + ["--ray", "--gpu-id", "0", "--total-gpus", "2"])
+    assert res.exit_code != 0 and "--ray" in res.output
+    res = CliRunner().invoke(batch_command, base + ["--num-samples", "6"])
+    assert res.exit_code != 0
+
+
+def test_sweep_dry_run_uses_the_reference_candidates(tiny_model_dir, tmp_path):
+    res = invoke(sweep_command, "--model_dir", str(tiny_model_dir), "--output-dir", str(tmp_path / "s"), "--dry-run")
+    assert res.exit_code == 0, res.output
+    for mode in ("baseline", "adaptive_0.08_0.04_h", "adaptive_0.2_0.1_h", "adaptive_0.12_0.04_h",
+                 "adaptive_0.16_0.1_h"):
+        assert mode in res.output
+    subset = json.loads((REPO / "vbench_eval" / "prompts_subset.json").read_text())
+    assert subset[0]["prompt_en"] in res.output and subset[2]["prompt_en"] not in res.output
+    assert not (tmp_path / "s").exists()
