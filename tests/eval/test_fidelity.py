@@ -66,6 +66,15 @@ def test_ssim_matches_direct_2d_implementation() -> None:
     np.testing.assert_allclose(fidelity.ssim_frames(a, a), 1.0, rtol=0, atol=1e-14)
 
 
+def test_accelerator_filter_path_equals_cpu_path() -> None:
+    """GPUs filter with two 1-D torch convolutions, CPUs with scipy.ndimage: both are the 'valid' 2-D filter."""
+    x = torch.from_numpy(np.random.default_rng(2).random((4, 25, 33)))
+    k = fidelity.gaussian_kernel()
+    direct = np.stack([scipy.signal.correlate2d(img, np.outer(k, k), mode="valid") for img in x.numpy()])
+    np.testing.assert_allclose(fidelity._filter_valid_conv(x, k).numpy(), direct, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(fidelity._filter_valid(x, k).numpy(), direct, rtol=0, atol=1e-14)
+
+
 def test_ssim_of_flat_images_by_hand() -> None:
     a = np.full((1, 20, 20, 3), 51, dtype=np.uint8)
     b = np.full((1, 20, 20, 3), 153, dtype=np.uint8)
@@ -193,6 +202,15 @@ def test_run_fidelity_writes_reference_shape_and_resumes(videos: Path, tmp_path:
     assert (out / "noisy_vs_base.json").stat().st_mtime_ns == stamps["noisy_vs_base.json"]
     # a run over one mode keeps the other in the combined file
     assert set(json.loads((out / "all_fidelity_results.json").read_text())) == {"copy", "noisy"}
+
+    # the tables read these files; the left-out videos are named under the Markdown table
+    from genmo_teacache.eval import tables
+
+    written = tables.write_tables(tables.collect(["copy", "noisy"], "base", None, out, None), tmp_path / "tables")
+    rows = written["fidelity_table.csv"].read_text().splitlines()
+    assert rows[2] == f"copy,100.0000,{copy['ssim']['mean']:.4f},0.0000,\u2014"
+    assert "- noisy: 2 videos compared, 2 left out: extra-0.mp4 (missing in the baseline base); p2-0.mp4" in (
+        written["fidelity_table.md"].read_text())
 
 
 def test_mode_without_any_pair_writes_nothing(videos: Path, tmp_path: Path, lpips_model) -> None:

@@ -74,6 +74,27 @@ def test_dimension_without_matching_videos_is_reported_not_zero(tmp_path: Path) 
     assert vbench_runner.load_status(scores)["static"]["human_action"]["status"] == "no_videos"
 
 
+@pytest.mark.slow
+def test_dimension_needing_detectron2_fails_with_reason_and_reads_na(tmp_path: Path) -> None:
+    """A real worker run (the core environment never has detectron2): the failure is recorded with its reason and
+    the tables show n/a, not a score."""
+    from genmo_teacache.eval import tables
+
+    videos = {"a green bicycle-0.mp4": tmp_path / "videos" / "m" / "a green bicycle-0.mp4"}
+    write_video(videos["a green bicycle-0.mp4"], np.zeros((4, 32, 32, 3), np.uint8))
+    python = vbench_env.ensure_env("core")
+    full_info = vbench_env.vbench_package_dir(python) / "VBench_full_info.json"
+    scores = tmp_path / "scores"
+    outcome = vbench_runner.run_dimension(python, videos, "m", "color", scores, full_info, "cpu")
+    assert outcome.status == "failed" and "needs detectron2" in outcome.reason, outcome
+    assert "ModuleNotFoundError" in Path(outcome.log).read_text()
+    assert not (scores / "m" / f"color{RESULT_SUFFIX}").exists()
+    vbench_runner.record_outcome(scores, outcome)
+    comp = tables.collect([], "m", scores, None, None)
+    row = dict(zip(tables.vbench_rows(comp, {})[0], tables.vbench_rows(comp, {})[1], strict=True))
+    assert row["color"] == "n/a" and row["Semantic Score"] == ""
+
+
 def test_environment_tiers_and_requirements() -> None:
     assert vbench_env.tier_for("temporal_flickering") == "core"
     assert {vbench_env.tier_for(d) for d in ("color", "scene", "subject_consistency")} == {"full"}

@@ -74,15 +74,23 @@ def psnr_frames(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, devi
 
 def _filter_valid(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     """Separable Gaussian filter of (N, H, W) float64, 'valid' part only: (N, H - 10, W - 10), i.e. the filtered map
-    cropped by 5 pixels on each side. scipy.ndimage on CPU (10x faster there than torch's float64 conv), conv2d on
-    accelerators; the cropped result does not depend on either's border handling."""
+    cropped by 5 pixels on each side. scipy.ndimage on CPU (10x faster there than torch's float64 conv), conv2d
+    otherwise; the cropped result depends on neither's border handling."""
     c = SSIM_CROP
     if x.device.type == "cpu":
-        import scipy.ndimage as ndi
+        try:
+            import scipy.ndimage as ndi
+        except ImportError:  # pragma: no cover - scipy is a dependency; torch gives the same numbers, slower
+            ndi = None
+        if ndi is not None:
+            arr = x.numpy()
+            out = ndi.correlate1d(ndi.correlate1d(arr, kernel, axis=2), kernel, axis=1)[:, c:-c, c:-c]
+            return torch.from_numpy(np.ascontiguousarray(out))
+    return _filter_valid_conv(x, kernel)
 
-        arr = x.numpy()
-        out = ndi.correlate1d(ndi.correlate1d(arr, kernel, axis=2), kernel, axis=1)[:, c:-c, c:-c]
-        return torch.from_numpy(np.ascontiguousarray(out))
+
+def _filter_valid_conv(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """:func:`_filter_valid` with two 1-D convolutions (no padding), on any device."""
     k = torch.from_numpy(kernel).to(x.device)
     y = torch.nn.functional.conv2d(x.unsqueeze(1), k.view(1, 1, 1, -1))
     return torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1)).squeeze(1)
@@ -115,7 +123,8 @@ def lpips_frames(model: torch.nn.Module, a: np.ndarray | torch.Tensor, b: np.nda
     dev = next(model.parameters()).device
     x = _to_unit(a, dev, torch.float32) * 2 - 1
     y = _to_unit(b, dev, torch.float32) * 2 - 1
-    with torch.inference_mode():
+    # full float32 convolutions on GPUs too (cuDNN would use TF32 by default): same numbers as on CPU to ~1e-6
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
         return model(x, y).mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
 
 

@@ -259,6 +259,21 @@ def _notes(comp: Comparison, labels: Mapping[str, str]) -> str:
             + "\n".join(lines) + "\n")
 
 
+def _fidelity_notes(comp: Comparison, labels: Mapping[str, str]) -> str:
+    lines = []
+    for mode in comp.modes:
+        fid = comp.results[mode].fidelity or {}
+        problems = fid.get("problems") or []
+        if problems:
+            shown = "; ".join(f"{p.get('video')} ({p.get('reason')})" for p in problems[:5])
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            lines.append(f"- {labels.get(mode, mode)}: {fid.get('num_videos')} videos compared, {len(problems)} left "
+                         f"out: {shown}{more}")
+    if not lines:
+        return ""
+    return "\nVideos without a comparable partner (see the fidelity result files):\n\n" + "\n".join(lines) + "\n"
+
+
 def write_markdown(path: str | os.PathLike, title: str, rows: Sequence[Sequence[str]], notes: str = "") -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -280,7 +295,8 @@ def write_tables(
     tables = {
         VBENCH_TABLE: ("VBench scores (higher is better)", vbench_rows(comp, labels), notes),
         FIDELITY_TABLE: (f"Fidelity against {labels.get(comp.baseline, comp.baseline)} "
-                         "(higher PSNR/SSIM and lower LPIPS are better)", fidelity_rows(comp, labels), ""),
+                         "(higher PSNR/SSIM and lower LPIPS are better)", fidelity_rows(comp, labels),
+                         _fidelity_notes(comp, labels)),
         SUMMARY_TABLE: (f"Summary (speedups against {labels.get(comp.baseline, comp.baseline)})",
                         summary_rows(comp, labels), notes),
         RESULTS_TABLE: ("All metrics", results_rows(comp, labels), notes),

@@ -144,7 +144,9 @@ def ensure_env(tier: str = "core") -> Path:
             marker = {}
         if not path.exists():
             logger.info("creating the VBench environment in %s (first use only)", path)
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(path)], check=True)
+            _run([sys.executable, "-m", "venv", "--system-site-packages", str(path)],
+                 path.with_name(path.name + "-create.log"),
+                 "creating a virtual environment (python -m venv; on Debian/Ubuntu it needs python3-venv)")
             _link_main_site_packages(_env_python(path))
             marker = {"base_python": base_python, "tiers": {}}
             (path / MARKER).write_text(json.dumps(marker, indent=2))

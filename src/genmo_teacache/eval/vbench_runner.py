@@ -182,11 +182,13 @@ def run_dimension(
         _make_view(videos, view_dir)
         error_file = tmp_dir / "error.json"
         cmd = [str(python), str(WORKER), "--videos", str(view_dir), "--dimension", dimension, "--output",
-               str(tmp_dir), "--full-info", str(full_info), "--device", device, "--error-file", str(error_file)]
+               str(tmp_dir.resolve()), "--full-info", str(Path(full_info).resolve()), "--device", device,
+               "--error-file", str(error_file.resolve())]
         with open(log_path, "w") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # run inside the temporary output folder: whatever VBench writes to its working directory goes away
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_dir)
         seconds = time.monotonic() - start
         if proc.returncode != 0:
             error = json.loads(error_file.read_text()) if error_file.is_file() else None
@@ -199,7 +201,8 @@ def run_dimension(
     return DimensionOutcome(mode, dimension, "done", None, seconds, str(log_path))
 
 
-def _record(scores_dir: Path, outcome: DimensionOutcome) -> None:
+def record_outcome(scores_dir: Path, outcome: DimensionOutcome) -> None:
+    """Add one outcome to ``vbench_status.json`` (read, update, atomic rewrite; one driver process at a time)."""
     status = load_status(scores_dir)
     entry = {k: v for k, v in asdict(outcome).items() if k not in ("mode", "dimension")}
     entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -277,7 +280,7 @@ def run_vbench(
             logger.info("VBench %s / %s done in %.0f s", mode, dim, outcome.seconds)
         else:
             logger.warning("VBench %s / %s: %s: %s", mode, dim, outcome.status, outcome.reason)
-        _record(scores_dir, outcome)
+        record_outcome(scores_dir, outcome)
         outcomes.append(outcome)
     return outcomes
 
