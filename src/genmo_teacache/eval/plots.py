@@ -101,12 +101,13 @@ def plot_vbench_dimensions(comp: Comparison, out_png: str | os.PathLike,
     """Grouped bars of the raw VBench scores (one group per dimension, one bar per mode) and the aggregates."""
     labels = labels or {}
     modes = [m for m in comp.modes if comp.results[m].raw or comp.results[m].unavailable]
-    dims = [d for d in scoring.ALL_DIMENSIONS if any(d in comp.results[m].raw for m in modes)]
-    if not dims:
+    if not any(comp.results[m].raw for m in modes):
         logger.info("no VBench scores: %s not drawn", Path(out_png).name)
         return None
-    fig = Figure(figsize=(max(7.0, 1.0 * len(dims) + 4.0), 5.2))
-    grid = fig.add_gridspec(1, 2, width_ratios=[max(len(dims), 1), 3])
+    dims = [d for d in scoring.ALL_DIMENSIONS
+            if any(d in comp.results[m].raw or d in comp.results[m].unavailable for m in modes)]
+    fig = Figure(figsize=(max(8.0, 0.9 * len(dims) + 4.5), 5.2))
+    grid = fig.add_gridspec(1, 2, width_ratios=[max(len(dims), 3), 2.5])
     ax, ax_agg = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
     width = 0.8 / len(modes)
     colors = [f"C{i % 10}" for i in range(len(modes))]
@@ -127,13 +128,15 @@ def plot_vbench_dimensions(comp: Comparison, out_png: str | os.PathLike,
                 ax_agg.text(xi, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.3")
     ax.set_xticks(np.arange(len(dims)), [d.replace("_", "\n", 1) for d in dims], fontsize=8)
     ax.set_ylabel("raw VBench score")
+    ax.set_xlim(-0.6, len(dims) - 0.4)  # NaN bars (n/a) do not widen the axis by themselves
     ax.set_ylim(0, 1.05)
     ax.set_title("VBench per dimension")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(modes), 5))
     ax_agg.set_xticks(np.arange(3), ["quality", "semantic", "total"], fontsize=8)
+    ax_agg.set_xlim(-0.6, 2.6)
     ax_agg.set_ylim(0, 1.05)
-    ax_agg.set_title("normalised scores")
+    ax_agg.set_title("normalised scores\n(over the dimensions present)", fontsize=10)
     ax_agg.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out_png)
