@@ -10,9 +10,12 @@ prompt is written to ``<output-dir>/prompt_names.json`` (``{file stem: prompt}``
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 
 from genmo_teacache.config import CacheConfig
+
+logger = logging.getLogger(__name__)
 
 MAX_STEM_BYTES = 200
 HASH_CHARS = 10
@@ -58,7 +61,12 @@ def parse_modes(text: str | list[str] | tuple[str, ...]) -> list[tuple[str, Cach
             continue
         if not stem_is_safe(mode):
             raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
-        modes.append((mode, CacheConfig.from_mode(mode)))
+        cache = CacheConfig.from_mode(mode)
+        same = [m for m, c in modes if c == cache]
+        if same:
+            logger.warning("modes %r and %r are the same cache config (%s): both are generated, in their own folders",
+                           same[0], mode, cache.name)
+        modes.append((mode, cache))
         seen.add(mode)
     if not modes:
         raise ValueError(f"no modes given in {text!r}: use e.g. baseline,fixed_0.04,adaptive_0.12_0.04")
