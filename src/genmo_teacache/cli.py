@@ -11,6 +11,7 @@ import click
 COMMANDS = {
     "generate": "genmo_teacache.generate:generate_command",
     "make-tiny-model": "genmo_teacache.tiny:make_tiny_model_command",
+    "calibrate": "genmo_teacache.calibrate:calibrate_command",
     "batch": "genmo_teacache.batch.cli:batch_command",
     "sweep": "genmo_teacache.batch.cli:sweep_command",
     "evaluate": "genmo_teacache.eval.cli:evaluate_command",

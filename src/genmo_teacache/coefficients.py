@@ -92,3 +92,53 @@ class Rescale:
                              f"{data.get('x_range')!r}")
         info = {k: v for k, v in data.items() if k not in ("coefficients", "x_max", "source")}
         return cls(tuple(float(c) for c in coeffs), float(x_max), str(path), info)
+
+
+# -- magnitude ratios (MagCache) --------------------------------------------------------------------------------
+
+MAG_RATIOS_KEY = "mag_ratios"  # the key of the per-step ratio curve in a calibration file
+
+
+def _calibrate_hint() -> str:
+    return ("run `genmo-teacache calibrate --model_dir WEIGHTS --prompts PROMPTS --out cal.json` with your generation "
+            "settings and pass the file with --mag_ratios cal.json")
+
+
+def validate_mag_ratios(ratios: Any, where: str = "mag_ratios") -> tuple[float, ...]:
+    """``ratios`` as a tuple of floats; raises ValueError unless it is a list of at least 2 finite numbers > 0."""
+    if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__len__"):
+        raise ValueError(f"{where} must be a list of per-step magnitude ratios, got {str(ratios)[:80]!r}")
+    values = list(ratios)
+    if len(values) < 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in values):
+        raise ValueError(f"{where} must be a list of at least 2 numbers (one per denoising step), got "
+                         f"{str(values)[:80]}")
+    bad = [(i, r) for i, r in enumerate(values) if not (math.isfinite(r) and r > 0)]
+    if bad:
+        raise ValueError(f"{where}: every ratio must be a finite number > 0; step {bad[0][0]} has {bad[0][1]}")
+    return tuple(float(r) for r in values)
+
+
+def load_mag_ratios(path: str | os.PathLike) -> tuple[float, ...]:
+    """The per-step residual magnitude ratios (``"mag_ratios"``, one per step, the first 1.0) of a calibration
+    file written by ``genmo-teacache calibrate``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"magnitude-ratio file {path} does not exist: {_calibrate_hint()}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"magnitude-ratio file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or MAG_RATIOS_KEY not in data:
+        raise ValueError(f"{path} has no {MAG_RATIOS_KEY!r} list: {_calibrate_hint()}")
+    return validate_mag_ratios(data[MAG_RATIOS_KEY], where=f"{path}: {MAG_RATIOS_KEY!r}")
+
+
+def resample_ratios(ratios: tuple[float, ...], num_steps: int) -> tuple[float, ...]:
+    """A ratio curve calibrated for ``len(ratios)`` steps mapped onto ``num_steps`` steps by nearest index (as
+    MagCache's reference code does when the step count differs). Unchanged when the lengths agree."""
+    if len(ratios) == num_steps:
+        return tuple(ratios)
+    if num_steps == 1:
+        return (ratios[-1],)
+    scale = (len(ratios) - 1) / (num_steps - 1)
+    return tuple(ratios[int(np.round(i * scale))] for i in range(num_steps))

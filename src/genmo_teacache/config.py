@@ -10,23 +10,35 @@ Mode names (a leading ``mochi_`` is accepted and dropped, as in the reference ex
 ``adaptive_f34s14l16``              three explicit phases high/low/high: 34 x 0.12, 14 x 0.04, 16 x 0.12
 ``adaptive_f34s14l16_0.2_0.1``      the same shape with other thresholds
 ``schedule_34x0.12_14x0.04_16x0.12``  any schedule; ``restx0.04`` as the last segment covers the steps left
+``mag_0.06``                        MagCache (policy ``"mag"``): accumulated-error threshold 0.06, K=2, retention 0.2
+``mag_0.06_k4_r0.1``                the same with at most 4 consecutive skips and 10% of the steps always computed
 =================================  =========================================================================
 
-Options append as suffixes: ``-max3`` (at most 3 consecutive skips), ``-noguard`` (switch off the range guard).
-The rescale polynomial is not part of the name; ``to_dict()`` records it next to every output.
+Options append as suffixes to TeaCache modes: ``-max3`` (at most 3 consecutive skips), ``-noguard`` (switch off
+the range guard). The rescale polynomial is not part of the name; ``to_dict()`` records it next to every output.
+
+The MagCache policy (``mag_*``) reuses the fields it shares with TeaCache: its threshold is the single schedule
+segment and its K (maximum consecutive skips) is ``max_skips``. It needs the per-step residual magnitude ratios of
+an uncached run (``mag_ratios``, from ``genmo-teacache calibrate``); like the rescale polynomial, they are not part
+of the name. No MagCache ratio curve has been published for Mochi, so there is no default.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from genmo_teacache.coefficients import Rescale
+from genmo_teacache.coefficients import Rescale, load_mag_ratios, resample_ratios, validate_mag_ratios
 
 DEFAULT_HIGH_STEPS = 34  # reference implementation: high threshold for steps 0-33
 F_S_L_DEFAULTS = (0.12, 0.04)  # reference mode mochi_adaptive_f34s14l16: 0.12 / 0.04 / 0.12
+MAG_DEFAULT_K = 2  # MagCache: at most this many consecutive skips
+MAG_DEFAULT_RETENTION = 0.2  # MagCache: the first 20% of the steps are always computed
+POLICIES = ("none", "teacache", "mag")
 
 Segment = tuple[int | None, float]  # (number of steps or None for "all remaining steps", threshold)
 
@@ -35,6 +47,7 @@ _FIXED = re.compile(rf"fixed_{_NUM}")
 _ADAPTIVE = re.compile(rf"adaptive_{_NUM}_{_NUM}(?:_h(\d+))?")
 _FSL = re.compile(rf"adaptive_f(\d+)s(\d+)l(\d+)(?:_{_NUM}_{_NUM})?")
 _SCHEDULE = re.compile(rf"schedule_((?:(?:\d+|rest)x{_NUM}_?)+)")
+_MAG = re.compile(rf"mag_{_NUM}(?:_k(\d+))?(?:_r{_NUM})?")
 _SUFFIX = re.compile(r"-(max\d+|noguard)$")
 
 
@@ -47,7 +60,9 @@ class CacheConfig:
     """What the sampler caches and when.
 
     ``schedule`` holds segments ``(steps, threshold)``; a final segment with ``steps=None`` covers whatever
-    steps remain. ``policy="none"`` is the uncached baseline.
+    steps remain. ``policy="none"`` is the uncached baseline. ``policy="mag"`` is MagCache: one segment
+    ``((None, threshold),)``, ``max_skips`` its K (default 2), ``mag_retention`` the share of first steps always
+    computed, ``mag_ratios`` the calibrated per-step magnitude ratios (``mag_source`` says where they came from).
     """
 
     policy: str = "teacache"
@@ -55,14 +70,19 @@ class CacheConfig:
     max_skips: int | None = None
     range_guard: bool = True
     rescale: Rescale = field(default_factory=Rescale)
+    mag_retention: float = MAG_DEFAULT_RETENTION
+    mag_ratios: tuple[float, ...] | None = None
+    mag_source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.policy not in ("none", "teacache"):
-            raise ValueError(f"unknown cache policy {self.policy!r}: use 'none' or 'teacache'")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown cache policy {self.policy!r}: use one of {', '.join(POLICIES)}")
         schedule = tuple((None if n is None else int(n), float(t)) for n, t in self.schedule)
         object.__setattr__(self, "schedule", schedule)
         if self.policy == "none":
             return
+        if self.policy == "mag":
+            self._check_mag()
         if not schedule:
             raise ValueError("a TeaCache schedule needs at least one segment, e.g. ((None, 0.09),)")
         for i, (n, t) in enumerate(schedule):
@@ -74,6 +94,24 @@ class CacheConfig:
                 raise ValueError(f"segment {i + 1} has {n} steps: each segment needs at least 1 step")
         if self.max_skips is not None and self.max_skips < 1:
             raise ValueError(f"max_skips={self.max_skips}: use a positive number of consecutive skips, or None")
+
+    def _check_mag(self) -> None:
+        if len(self.schedule) != 1 or self.schedule[0][0] is not None:
+            raise ValueError(f"the MagCache policy takes one threshold for all steps, got schedule {self.schedule}")
+        if self.max_skips is None:
+            object.__setattr__(self, "max_skips", MAG_DEFAULT_K)
+        r = float(self.mag_retention)
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"MagCache retention {self.mag_retention} must be in [0, 1): the share of the first "
+                             f"steps that are always computed")
+        object.__setattr__(self, "mag_retention", r)
+        if self.mag_ratios is None:
+            raise ValueError(
+                f"mode mag_{_fmt(self.schedule[0][1])} needs the per-step magnitude ratios of an uncached run of "
+                f"your model and settings (none are published for Mochi): run `genmo-teacache calibrate "
+                f"--model_dir WEIGHTS --prompts PROMPTS --out cal.json` and pass --mag_ratios cal.json"
+            )
+        object.__setattr__(self, "mag_ratios", validate_mag_ratios(self.mag_ratios))
 
     # -- constructors --------------------------------------------------------------------------------------
     @classmethod
@@ -89,6 +127,14 @@ class CacheConfig:
         if high == low:
             return cls.fixed(high, **kw)
         return cls(schedule=((high_steps, high), (None, low)), **kw)
+
+    @classmethod
+    def mag(cls, threshold: float, mag_ratios: Sequence[float], k: int = MAG_DEFAULT_K,
+            retention: float = MAG_DEFAULT_RETENTION, source: str | None = None) -> CacheConfig:
+        """MagCache with accumulated-error ``threshold``, at most ``k`` consecutive skips, the first
+        ``retention`` share of the steps always computed, and the calibrated per-step ``mag_ratios``."""
+        return cls(policy="mag", schedule=((None, threshold),), max_skips=k, mag_retention=retention,
+                   mag_ratios=tuple(mag_ratios), mag_source=source)
 
     @classmethod
     def from_schedule_string(cls, text: str, **kw: Any) -> CacheConfig:
@@ -107,10 +153,19 @@ class CacheConfig:
         return cls(schedule=tuple(segments), **kw)
 
     @classmethod
-    def from_mode(cls, mode: str, rescale: Rescale | None = None) -> CacheConfig:
-        """Parse a mode name (see the module docstring). Raises ValueError naming the mode if unknown."""
+    def from_mode(cls, mode: str, rescale: Rescale | None = None,
+                  mag_ratios: Sequence[float] | str | os.PathLike | None = None) -> CacheConfig:
+        """Parse a mode name (see the module docstring). Raises ValueError naming the mode if unknown.
+
+        ``rescale`` applies to TeaCache modes, ``mag_ratios`` (a sequence, or the path of a calibration JSON) to
+        ``mag_*`` modes; each is ignored by the other modes."""
         name = mode.strip()
         name = name[len("mochi_"):] if name.startswith("mochi_") else name
+        if m := _MAG.fullmatch(name):
+            return cls._mag_from_match(m, mag_ratios)
+        if name.startswith("mag_") and _SUFFIX.search(name):
+            raise ValueError(f"mode {mode!r}: MagCache modes take no -max/-noguard suffix; write mag_<t>_k<K> for "
+                             f"at most K consecutive skips")
         kw: dict[str, Any] = {} if rescale is None else {"rescale": rescale}
         while m := _SUFFIX.search(name):
             opt, name = m.group(1), name[: m.start()]
@@ -134,8 +189,19 @@ class CacheConfig:
             return cls(schedule=tuple((None if n == "rest" else int(n), float(t)) for n, t in parts), **kw)
         raise ValueError(
             f"unknown mode {mode!r}: use baseline, fixed_<t>, adaptive_<high>_<low>[_h<steps>], "
-            f"adaptive_f<n>s<n>l<n>[_<high>_<low>] or schedule_<n>x<t>_..., optionally with -max<N> / -noguard"
+            f"adaptive_f<n>s<n>l<n>[_<high>_<low>] or schedule_<n>x<t>_..., optionally with -max<N> / -noguard, "
+            f"or mag_<t>[_k<K>][_r<retention>]"
         )
+
+    @classmethod
+    def _mag_from_match(cls, m: re.Match[str], mag_ratios: Sequence[float] | str | os.PathLike | None) -> CacheConfig:
+        source = None
+        if isinstance(mag_ratios, (str, os.PathLike)):
+            source, mag_ratios = str(mag_ratios), load_mag_ratios(mag_ratios)
+        k = int(m.group(2)) if m.group(2) else MAG_DEFAULT_K
+        retention = float(m.group(3)) if m.group(3) else MAG_DEFAULT_RETENTION
+        return cls(policy="mag", schedule=((None, float(m.group(1))),), max_skips=k, mag_retention=retention,
+                   mag_ratios=None if mag_ratios is None else tuple(mag_ratios), mag_source=source)
 
     # -- string form ---------------------------------------------------------------------------------------
     @property
@@ -143,6 +209,10 @@ class CacheConfig:
         if self.policy == "none":
             return "baseline"
         s = self.schedule
+        if self.policy == "mag":
+            k = "" if self.max_skips == MAG_DEFAULT_K else f"_k{self.max_skips}"
+            r = "" if self.mag_retention == MAG_DEFAULT_RETENTION else f"_r{_fmt(self.mag_retention)}"
+            return f"mag_{_fmt(s[0][1])}{k}{r}"
         if len(s) == 1 and s[0][0] is None:
             base = f"fixed_{_fmt(s[0][1])}"
         elif len(s) == 2 and s[1][0] is None and s[0][0] is not None:
@@ -189,6 +259,15 @@ class CacheConfig:
 
     def to_dict(self, num_steps: int | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {"mode": self.name, "policy": self.policy}
+        if self.policy == "mag":
+            assert self.mag_ratios is not None
+            d.update(threshold=self.schedule[0][1], max_skips=self.max_skips, retention=self.mag_retention,
+                     mag_ratios=list(self.mag_ratios), mag_source=self.mag_source)
+            if num_steps is not None:
+                d["thresholds"] = self.thresholds(num_steps)
+                if len(self.mag_ratios) != num_steps:
+                    d["mag_ratios_resampled"] = list(resample_ratios(self.mag_ratios, num_steps))
+            return d
         if self.enabled:
             d.update(
                 schedule=[{"steps": n, "threshold": t} for n, t in self.schedule],

@@ -210,11 +210,16 @@ cache_options = _options(
     click.option("--teacache_schedule", default=None,
                  help="Any schedule as STEPS:THRESHOLD segments, e.g. 34:0.12,14:0.04,16:0.12 (rest:T ends it)."),
     click.option("--teacache_mode", default=None,
-                 help=f"A mode name instead: baseline, fixed_0.06, adaptive_0.12_0.04, adaptive_f34s14l16, ... "
+                 help=f"A mode name instead: baseline, fixed_0.06, adaptive_0.12_0.04, adaptive_f34s14l16, ..., or "
+                      f"MagCache mag_0.06[_k<K>][_r<retention>] (needs --mag_ratios) "
                       f"(default when no cache option is given: {DEFAULT_MODE})."),
     click.option("--teacache_coefficients", type=click.Path(dir_okay=False), default=None,
                  help="Rescale polynomial JSON (from `genmo-teacache calibrate`); default: TeaCache's Mochi fit."),
-    click.option("--teacache_max_skips", type=int, default=None, help="At most this many consecutive skips."),
+    click.option("--mag_ratios", type=click.Path(dir_okay=False), default=None,
+                 help="Calibration JSON (from `genmo-teacache calibrate`) whose per-step magnitude ratios drive the "
+                      "MagCache modes (--teacache_mode mag_<t>)."),
+    click.option("--teacache_max_skips", type=int, default=None,
+                 help="At most this many consecutive skips (for mag_<t> modes: MagCache's K)."),
     click.option("--teacache_no_range_guard", is_flag=True,
                  help="Do not force a compute when the indicator leaves the polynomial's fitted range."),
     click.option("--no_teacache", is_flag=True, help="No caching: upstream's sampler, bit for bit."),
@@ -224,7 +229,7 @@ cache_options = _options(
 def cache_from_options(teacache_thresh=None, teacache_thresh_high=None, teacache_thresh_low=None,
                        teacache_high_steps=DEFAULT_HIGH_STEPS, teacache_schedule=None, teacache_mode=None,
                        teacache_coefficients=None, teacache_max_skips=None, teacache_no_range_guard=False,
-                       no_teacache=False, **_: Any) -> CacheConfig:
+                       no_teacache=False, mag_ratios=None, **_: Any) -> CacheConfig:
     """The cache configuration the options describe; errors name the conflicting or bad value."""
     two_phase = (teacache_thresh_high, teacache_thresh_low)
     given = [name for name, v in (("--teacache_thresh", teacache_thresh), ("--teacache_schedule", teacache_schedule),
@@ -242,10 +247,16 @@ def cache_from_options(teacache_thresh=None, teacache_thresh_high=None, teacache
         extra: dict[str, Any] = dict(rescale=rescale, max_skips=teacache_max_skips,
                                      range_guard=not teacache_no_range_guard)
         if teacache_mode is not None:
-            cfg = CacheConfig.from_mode(teacache_mode, rescale=rescale)
+            cfg = CacheConfig.from_mode(teacache_mode, rescale=rescale, mag_ratios=mag_ratios)
+            if mag_ratios is not None and cfg.policy != "mag":
+                log.warning("--mag_ratios is used by MagCache modes (mag_<t>) only; mode %s ignores it", cfg.name)
             if cfg.enabled and teacache_max_skips is not None:
                 cfg = cfg.with_options(max_skips=teacache_max_skips)
-            return cfg.with_options(range_guard=False) if cfg.enabled and teacache_no_range_guard else cfg
+            if cfg.policy == "teacache" and teacache_no_range_guard:
+                cfg = cfg.with_options(range_guard=False)
+            return cfg
+        if mag_ratios is not None:
+            log.warning("--mag_ratios is used by MagCache modes only: add e.g. --teacache_mode mag_0.06")
         if teacache_thresh is not None:
             return CacheConfig.fixed(teacache_thresh, **extra)
         if teacache_schedule is not None:

@@ -1,23 +1,30 @@
 """The per-step decision: indicator -> rescale -> accumulate -> compute or skip, and its trace.
 
 Pure Python on numbers the sampler hands in: no genmo import, no tensors kept. A policy is stateful for one
-generation; the sampler calls :meth:`StepPolicy.reset` at the start of every generation. New policies (a
-magnitude-ratio cache, first-block cache) implement the same small interface.
+generation; the sampler calls :meth:`StepPolicy.reset` at the start of every generation. Two policies implement
+the interface: :class:`TeaCachePolicy` (runtime indicator, rescale polynomial) and :class:`MagCachePolicy`
+(calibrated magnitude ratios, no runtime indicator); others (first-block cache) can plug in the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from genmo_teacache.coefficients import resample_ratios
 from genmo_teacache.config import CacheConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class StepRecord:
     """One denoising step as the policy saw it. ``reason``: first, last, threshold, skip, max_skips,
-    out_of_range, no_cache (baseline), observe (indicator recorded, skipping off)."""
+    out_of_range, no_cache (baseline), observe (indicator recorded, skipping off), retention (MagCache: within the
+    first steps that are always computed). For MagCache ``accumulated`` is the accumulated error and ``mag_ratio``
+    the calibrated ratio of the step."""
 
     step: int
     sigma: float
@@ -31,6 +38,7 @@ class StepRecord:
     # (sum over branches) and the ratio of its mean magnitude to the previous step's
     residual_change: float | None = None
     residual_ratio: float | None = None
+    mag_ratio: float | None = None  # MagCache: the calibrated magnitude ratio gamma_t this step used
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,11 +110,77 @@ class TeaCachePolicy:
         return StepRecord(step, sigma, threshold, raw, rescaled, accumulated, True, reason)
 
 
+class MagCachePolicy:
+    """MagCache (Ma et al. 2025, "MagCache: Fast Video Generation with Magnitude-Aware Cache").
+
+    The residual a skipped step reuses differs from the one it stands for by a factor that an uncached run
+    measures: the per-step magnitude ratio gamma_t = mean|r_t| / mean|r_{t-1}| (``config.mag_ratios``, from a
+    calibration file). On each candidate step the policy multiplies the accumulated ratio by gamma_t, adds
+    |1 - accumulated ratio| to the accumulated error and counts one more skip; it skips while the error stays
+    <= the threshold and the count <= K (``config.max_skips``), and otherwise computes and resets all three.
+    The first ``floor(retention * num_steps)`` steps, the first step and the last step are always computed.
+
+    No runtime indicator is needed (``raw`` is ignored), but the sampler must cache residuals (the config is
+    enabled). A ratio curve calibrated for another step count is mapped onto this one by nearest index.
+    """
+
+    needs_indicator = False
+
+    def __init__(self, config: CacheConfig):
+        if config.policy != "mag" or config.mag_ratios is None:
+            raise ValueError(f"MagCachePolicy needs a 'mag' config with mag_ratios, got {config.name}")
+        self.config = config
+
+    def reset(self, num_steps: int) -> None:
+        cfg = self.config
+        assert cfg.mag_ratios is not None
+        if len(cfg.mag_ratios) != num_steps:
+            log.warning("MagCache ratios from %s were calibrated for %d steps; mapping them onto %d steps by nearest "
+                        "index (calibrate with --num_steps %d for an exact curve)", cfg.mag_source or "the config",
+                        len(cfg.mag_ratios), num_steps, num_steps)
+        self.num_steps = num_steps
+        self.ratios = resample_ratios(cfg.mag_ratios, num_steps)
+        self.threshold = cfg.thresholds(num_steps)[0]
+        self.retention_steps = math.floor(cfg.mag_retention * num_steps + 1e-9)
+        self._start_over()
+
+    def _start_over(self) -> None:
+        self.accumulated_ratio = 1.0
+        self.accumulated_error = 0.0
+        self.consecutive_skips = 0
+
+    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
+        gamma = self.ratios[step]
+        if step == 0:
+            return self._compute(step, sigma, gamma, 0.0, "first")
+        if step == self.num_steps - 1:
+            return self._compute(step, sigma, gamma, 0.0, "last")
+        if step < self.retention_steps:
+            return self._compute(step, sigma, gamma, 0.0, "retention")
+        self.accumulated_ratio *= gamma
+        self.accumulated_error += abs(1.0 - self.accumulated_ratio)
+        self.consecutive_skips += 1
+        error = self.accumulated_error
+        if error > self.threshold:
+            return self._compute(step, sigma, gamma, error, "threshold")
+        if self.consecutive_skips > self.config.max_skips:
+            return self._compute(step, sigma, gamma, error, "max_skips")
+        return StepRecord(step, sigma, self.threshold, raw, None, error, False, "skip", mag_ratio=gamma)
+
+    def _compute(self, step: int, sigma: float, gamma: float, error: float, reason: str) -> StepRecord:
+        self._start_over()
+        return StepRecord(step, sigma, self.threshold, None, None, error, True, reason, mag_ratio=gamma)
+
+
 def make_policy(config: CacheConfig, observe_only: bool = False) -> StepPolicy:
+    """The policy of ``config``. ``observe_only`` always gives a TeaCache observer (every step computed, the
+    indicator recorded); for a non-TeaCache config it uses TeaCache's default polynomial."""
     if not config.enabled and not observe_only:
         return NoCachePolicy()
-    if observe_only and not config.enabled:
+    if observe_only and config.policy != "teacache":
         config = CacheConfig.fixed(0.0)
     if config.policy == "teacache":
         return TeaCachePolicy(config, observe_only=observe_only)
+    if config.policy == "mag":
+        return MagCachePolicy(config)
     raise ValueError(f"no policy implements {config.policy!r}")
