@@ -16,6 +16,7 @@ import numpy as np
 
 from genmo_teacache.coefficients import Rescale
 from genmo_teacache.config import DEFAULT_HIGH_STEPS, CacheConfig
+from genmo_teacache.parallel import check_divisible
 from genmo_teacache.video import atomic_path, write_json, write_video
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,15 @@ def resolve_device(device: str) -> str:
 
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
-                  decode_type: str = "auto", num_gpus: int = 1, ray_address: str | None = None):
+                  decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
     device = resolve_device(device)
+    if num_gpus is None:
+        import torch
+
+        num_gpus = max(torch.cuda.device_count(), 1) if device.startswith("cuda") else 1
     factories = factories_for(model_dir, text_encoder_dir=text_encoder_dir, lora_path=lora_path,
                               attention_mode=attention_mode)
     if num_gpus > 1:
@@ -163,8 +168,9 @@ generation_options = _options(
     click.option("--decode_type", default="auto", show_default=True,
                  type=click.Choice(["auto", "full", "tiled_full", "tiled_spatial"]),
                  help="VAE decoding: auto = tiled_spatial on GPU (as upstream's CLI), full on CPU."),
-    click.option("--num_gpus", default=1, show_default=True, type=int,
-                 help="GPUs for context parallelism (through Ray); with --device cpu, CPU ranks."),
+    click.option("--num_gpus", default=None, type=int,
+                 help="Ranks for context parallelism through Ray (default: every visible GPU, as upstream; 1 on "
+                      "CPU). With --device cpu, N CPU ranks (gloo)."),
     click.option("--ray_address", default=None, help="Join this Ray cluster instead of starting a local one."),
 )
 
@@ -383,6 +389,16 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
             raise click.BadParameter(str(e)) from None
     if options["delta_temni_plot"]:
         jobs = [(p, seed, s, c if c.enabled else CacheConfig.from_mode(DEFAULT_MODE)) for p, seed, s, c in jobs]
+    if (options["num_gpus"] or 1) > 1:
+        from genmo_teacache.pipelines import read_model_config
+
+        heads = read_model_config(options["model_dir"], "dit_config.json").get("num_heads", 24)
+        for _, _, s, _ in jobs:
+            try:
+                check_divisible(options["num_gpus"], num_heads=heads, width=s.width, height=s.height,
+                                num_frames=s.num_frames)
+            except ValueError as e:
+                raise click.BadParameter(str(e)) from None
     if options["save_file"] and len(jobs) > 1:
         raise click.UsageError("--save_file names one video; with --sweep-file use --out_dir")
 

@@ -40,6 +40,7 @@ from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline
 log = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = int(os.environ.get("GENMO_TEACACHE_COLLECTIVE_TIMEOUT_S", "600"))
+RANK_START_TIMEOUT_S = int(os.environ.get("GENMO_TEACACHE_RANK_START_TIMEOUT_S", "300"))
 
 
 def _free_port() -> int:
@@ -181,7 +182,15 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
         Remote = ray.remote(**resources)(RankContext)
         self.ctxs = [Remote.remote(factories=factories, rank=i, world_size=world_size, device_type=device_type)
                      for i in range(world_size)]
-        addr, port = ray.get(self.ctxs[0].address.remote())
+        addresses = [ctx.address.remote() for ctx in self.ctxs]  # returns once the actor has started
+        ready, _ = ray.wait(addresses, num_returns=world_size, timeout=RANK_START_TIMEOUT_S)
+        if len(ready) < world_size:
+            free = ray.available_resources()
+            self.close()
+            raise RuntimeError(f"only {len(ready)} of {world_size} ranks started within {RANK_START_TIMEOUT_S} s: "
+                               f"each needs {resources} and the Ray cluster has {free} free; free them or lower "
+                               f"--num_gpus")
+        addr, port = ray.get(addresses[0])  # rank 0 hosts the process group's rendezvous
         self._wait([ctx.setup.remote(addr, port) for ctx in self.ctxs])
 
     def _wait(self, refs: list) -> list:

@@ -1,0 +1,79 @@
+"""Two context-parallel CPU ranks through real Ray, gloo and FSDP, on the tiny model."""
+
+import pytest
+import ray
+import torch
+
+from genmo_teacache.config import CacheConfig
+from genmo_teacache.generate import GenerationSettings
+from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
+from genmo_teacache.parallel import check_divisible
+from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
+
+# 96x64, 13 frames: 3 latent frames of 4x6 patches = 72 tokens; rank 0 holds frames 0 and half of 1, rank 1 the
+# rest, so the two shards see different content and would compute different local indicators.
+SETTINGS = GenerationSettings(width=96, height=64, num_frames=13, num_steps=8)
+CACHE = CacheConfig.fixed(0.15)
+PROMPT = "a red balloon rises over a dark forest"
+
+
+def generate(pipe, cache=CACHE, seed=5):
+    with torch.inference_mode():
+        return pipe.generate(batch_cfg=False, prompt=PROMPT, negative_prompt="", cache=cache, progress=False,
+                             **SETTINGS.sampler_args(seed))
+
+
+@pytest.fixture
+def two_ranks(tiny_model_dir):
+    pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
+    yield pipe
+    pipe.close()
+
+
+def test_two_ranks_match_one_process_bit_for_bit(two_ranks, tiny_model_dir):
+    single = TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir), device="cpu")
+    expected = generate(single)
+    got = generate(two_ranks)
+    ranks = two_ranks.rank_results
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["decisions"] == ranks[1]["decisions"] == [r.computed for r in expected.report.steps]
+    assert 0 < expected.report.skipped_steps < 7
+    # each rank's indicator is the all-reduced one: equal on both ranks, equal to one process up to summation order
+    assert ranks[0]["raws"] == ranks[1]["raws"]
+    assert ranks[0]["raws"][1:] == pytest.approx([r.raw for r in expected.report.steps][1:], rel=1e-5)
+    assert torch.equal(got.latents, expected.latents)
+    assert got.frames.shape == expected.frames.shape
+    base_single = generate(single, CacheConfig.baseline())
+    assert torch.equal(generate(two_ranks, CacheConfig.baseline()).latents, base_single.latents)
+
+
+def test_a_failing_rank_ends_the_run_without_hanging(tiny_model_dir):
+    pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
+    # rank 0 starts generating and soon blocks in a collective waiting for rank 1, which raises instead
+    refs = [pipe.ctxs[0].generate.remote(batch_cfg=False, prompt=PROMPT, negative_prompt="", cache=CACHE,
+                                         progress=False, **SETTINGS.sampler_args(0)),
+            pipe.ctxs[1].fail.remote()]
+    with pytest.raises(ray.exceptions.RayTaskError, match="rank 1 failed on purpose"):
+        pipe._wait(refs)
+    assert not ray.is_initialized()  # it started Ray, so it shut it down
+    assert pipe.ctxs == []
+
+
+def test_ranks_that_cannot_start_are_reported_not_awaited(tiny_model_dir, monkeypatch):
+    import genmo_teacache.multigpu as mg
+
+    monkeypatch.setattr(mg, "RANK_START_TIMEOUT_S", 60)
+    ray.init(num_cpus=1, include_dashboard=False)  # room for one CPU rank only
+    try:
+        with pytest.raises(RuntimeError, match=r"only [01] of 2 ranks started within 60 s.*lower --num_gpus"):
+            TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
+    finally:
+        ray.shutdown()
+
+
+def test_sizes_that_do_not_divide_are_refused_before_loading():
+    with pytest.raises(ValueError, match="24 attention heads do not divide over 5 ranks"):
+        check_divisible(5, num_heads=24, width=848, height=480, num_frames=163)
+    with pytest.raises(ValueError, match="visual tokens"):
+        check_divisible(4, num_heads=24, width=16 * 3, height=16, num_frames=1)
+    check_divisible(2, num_heads=24, width=848, height=480, num_frames=163)  # 44,520 tokens split fine
