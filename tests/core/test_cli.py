@@ -80,3 +80,14 @@ def test_bad_input_fails_before_loading_with_the_value_named(tiny_model_dir, ext
 def test_missing_model_dir_is_explained(tmp_path):
     res = CliRunner().invoke(generate_command, ["--model_dir", str(tmp_path), "--no_teacache"])
     assert res.exit_code == 1 and "dit.safetensors" in res.output and "make-tiny-model" in res.output
+
+
+def test_atomic_writes_leave_usual_permissions(tmp_path):
+    import os
+
+    from genmo_teacache.video import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
