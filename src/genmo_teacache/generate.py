@@ -91,9 +91,14 @@ def resolve_device(device: str) -> str:
 
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
-                  decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None):
-    """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU."""
+                  decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
+                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False):
+    """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
+    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``: see ``genmo_teacache.speed`` (defaults = upstream)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
+    from genmo_teacache.speed import SpeedOptions
+
+    speed = SpeedOptions(dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit)
 
     device = resolve_device(device)
     if num_gpus is None:
@@ -101,12 +106,14 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
 
         num_gpus = max(torch.cuda.device_count(), 1) if device.startswith("cuda") else 1
     factories = factories_for(model_dir, text_encoder_dir=text_encoder_dir, lora_path=lora_path,
-                              attention_mode=attention_mode)
+                              attention_mode=attention_mode, speed=speed)
     if num_gpus > 1:
         from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
 
         if lora_path or cpu_offload:
             raise click.UsageError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
+        if speed.dit_dtype != "fp32" or speed.compile:
+            raise click.UsageError("--dit_dtype bf16 and --compile_dit are single-GPU options (FSDP keeps fp32)")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
                                         ray_address=ray_address)
     if decode_type == "auto":
@@ -172,12 +179,18 @@ generation_options = _options(
                  help="Ranks for context parallelism through Ray (default: every visible GPU, as upstream; 1 on "
                       "CPU). With --device cpu, N CPU ranks (gloo)."),
     click.option("--ray_address", default=None, help="Join this Ray cluster instead of starting a local one."),
+    click.option("--dit_dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+                 help="DiT weight storage: fp32 as upstream (cast under autocast each call) or bf16 (less memory)."),
+    click.option("--sdpa_backend", default="auto", show_default=True,
+                 type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
+                 help="SDPA kernel for the DiT's attention (sdpa mode); auto lets PyTorch choose, as upstream."),
+    click.option("--compile_dit", is_flag=True, help="torch.compile each DiT block (upstream's COMPILE_DIT)."),
 )
 
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "ray_address")
+                 "num_gpus", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
 
 
 def apply_model_defaults(ctx: click.Context | None, options: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from genmo.mochi_preview.vae.models import (  # noqa: E402
 from genmo_teacache.config import CacheConfig  # noqa: E402
 from genmo_teacache.model import TeaCacheAsymmDiTJoint  # noqa: E402
 from genmo_teacache.sampler import CacheReport, sample_model  # noqa: E402
+from genmo_teacache.speed import SpeedOptions, apply_speed_options  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ FULL_DECODER_KWARGS: dict[str, Any] = dict(
     output_nonlinearity="silu", causal=True,
 )
 T5_HUB_ID = up.T5_MODEL
+RANDOM_WEIGHTS_KEY = "random_weights"  # in dit_config.json: build the DiT with random weights (benchmarks)
 
 
 def dit_kwargs(overrides: dict[str, Any] | None = None, attention_mode: str = "sdpa") -> dict[str, Any]:
@@ -88,10 +90,14 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
     ``depth`` twice and cannot build another size)."""
 
     def __init__(self, *, model_path: str, model_dtype: str = "bf16", lora_path: str | None = None,
-                 attention_mode: str | None = None, model_kwargs: dict[str, Any] | None = None):
+                 attention_mode: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                 speed: SpeedOptions | None = None):
+        model_kwargs = dict(model_kwargs or {})
+        random_weights = bool(model_kwargs.pop(RANDOM_WEIGHTS_KEY, False))
         up.ModelFactory.__init__(
             self, model_path=model_path, lora_path=lora_path, model_dtype=model_dtype,
-            attention_mode=resolve_attention_mode(attention_mode), model_kwargs=dict(model_kwargs or {}),
+            attention_mode=resolve_attention_mode(attention_mode), model_kwargs=model_kwargs,
+            random_weights=random_weights, speed=speed or SpeedOptions(),
         )
 
     def get_model(self, *, local_rank, device_id, world_size, model_kwargs=None, patch_model_fns=None,
@@ -104,6 +110,8 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
             lora_sd, lora_kwargs = _load_lora(self.kwargs["lora_path"])
             kwargs.update(lora_kwargs)
         args = dit_kwargs(kwargs, self.kwargs["attention_mode"])
+        if self.kwargs["random_weights"]:
+            return self._random_model(args, device_id, world_size, fsdp)
         if fast_init:
             model = torch.nn.utils.skip_init(TeaCacheAsymmDiTJoint, **args)
         else:
@@ -122,15 +130,29 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
                 model.load_state_dict(lora_sd, strict=strict_load)
         if world_size > 1:
             assert self.kwargs["model_dtype"] == "bf16", "FP8 is not supported for multi-GPU inference"
-            policy = partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks)
-            if fsdp is None:
-                model = up.setup_fsdp_sync(model, device_id=device_id, param_dtype=torch.float32,
-                                           auto_wrap_policy=policy)
-            else:
-                model = fsdp(model, auto_wrap_policy=policy)
-        else:
-            model = model.to(_device_of(device_id))
+            return self._fsdp(model, device_id, fsdp).eval()
+        model = apply_speed_options(model.to(_device_of(device_id)), self.kwargs["speed"])
         return model.eval()
+
+    @staticmethod
+    def _fsdp(model, device_id, fsdp):
+        policy = partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks)
+        if fsdp is None:
+            return up.setup_fsdp_sync(model, device_id=device_id, param_dtype=torch.float32, auto_wrap_policy=policy)
+        return fsdp(model, auto_wrap_policy=policy)
+
+    def _random_model(self, args, device_id, world_size, fsdp):
+        """The architecture with random weights (seed 0 on every rank), built on its device: timing only."""
+        from genmo_teacache.tiny import init_random_dit
+
+        log.warning("DiT with RANDOM weights (%s): for timing only, its videos are noise", RANDOM_WEIGHTS_KEY)
+        device = _device_of(device_id)
+        torch.manual_seed(0)
+        with device:
+            model = init_random_dit(TeaCacheAsymmDiTJoint(**args))
+        if world_size > 1:
+            return self._fsdp(model, device_id, fsdp).eval()
+        return apply_speed_options(model, self.kwargs["speed"]).eval()
 
 
 def _load_lora(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -158,12 +180,14 @@ class TeaCacheDecoderModelFactory(up.DecoderModelFactory):
 
 
 def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None, lora_path: str | None = None,
-                  attention_mode: str | None = None) -> dict[str, Any]:
+                  attention_mode: str | None = None, speed: SpeedOptions | None = None) -> dict[str, Any]:
     """The three factories for a native weights directory (``dit.safetensors``, ``decoder.safetensors``).
     The text encoder comes from ``text_encoder_dir``, else ``{model_dir}/text_encoder`` if present, else the
     hub id upstream uses (google/t5-v1_1-xxl)."""
     model_dir = Path(model_dir)
-    for name in ("dit.safetensors", "decoder.safetensors"):
+    dit_config = read_model_config(model_dir, "dit_config.json")
+    needed = ["decoder.safetensors"] + ([] if dit_config.get(RANDOM_WEIGHTS_KEY) else ["dit.safetensors"])
+    for name in needed:
         if not (model_dir / name).exists():
             raise FileNotFoundError(
                 f"{model_dir / name} not found: --model_dir must be a Mochi weights directory holding "
@@ -175,7 +199,7 @@ def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None,
         text_encoder_factory=up.T5ModelFactory(text_encoder_dir),
         dit_factory=TeaCacheDitModelFactory(
             model_path=str(model_dir / "dit.safetensors"), lora_path=lora_path, attention_mode=attention_mode,
-            model_kwargs=read_model_config(model_dir, "dit_config.json"),
+            model_kwargs=dit_config, speed=speed,
         ),
         decoder_factory=TeaCacheDecoderModelFactory(
             model_path=str(model_dir / "decoder.safetensors"),

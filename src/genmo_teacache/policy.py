@@ -172,6 +172,38 @@ class MagCachePolicy:
         return StepRecord(step, sigma, self.threshold, None, None, error, True, reason, mag_ratio=gamma)
 
 
+class PatternPolicy:
+    """A fixed set of computed steps, whatever the indicator says: for benchmarks that need the same skip
+    pattern on every run and every device (random weights make threshold decisions meaningless). The
+    indicator is still computed, so a skipped step costs what a TeaCache skip costs."""
+
+    needs_indicator = True
+
+    def __init__(self, computed_steps: set[int] | list[int], name: str = "pattern"):
+        self.computed = set(computed_steps)
+        self.name = name
+
+    @classmethod
+    def skipping(cls, num_steps: int, fraction: float) -> PatternPolicy:
+        """Skip ``round(fraction * num_steps)`` steps spread evenly; the first and last step are computed."""
+        n_skip = min(round(fraction * num_steps), num_steps - 2)
+        inner = list(range(1, num_steps - 1))
+        skipped = {inner[round(i * (len(inner) - 1) / max(n_skip - 1, 1))] for i in range(n_skip)} if n_skip else set()
+        while len(skipped) < n_skip:  # rounding collisions: take the next free step
+            skipped.add(next(s for s in inner if s not in skipped))
+        return cls(set(range(num_steps)) - skipped, name=f"skip{round(100 * fraction)}pct")
+
+    def reset(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
+        computed = step in self.computed or step in (0, self.num_steps - 1)
+        return StepRecord(step, sigma, 0.0, raw, None, 0.0, computed, "pattern" if computed else "skip")
+
+    def describe(self) -> dict:
+        return {"mode": self.name, "policy": "pattern", "computed": sorted(self.computed)}
+
+
 def make_policy(config: CacheConfig, observe_only: bool = False) -> StepPolicy:
     """The policy of ``config``. ``observe_only`` always gives a TeaCache observer (every step computed, the
     indicator recorded); for a non-TeaCache config it uses TeaCache's default polynomial."""

@@ -1,6 +1,7 @@
 """The native Euler sampler (upstream ``pipelines.sample_model``) with a step cache.
 
-With caching off it makes exactly upstream's calls and gives bit-identical latents. With caching on, each
+With caching off it gives latents bit-identical to upstream's: the same operations, except that what does
+not change between steps (pooled text, RoPE) is computed once per generation. With caching on, each
 denoising step makes one decision for all CFG branches (and all context-parallel ranks):
 
     indicator = sum |m_t - m_{t-1}| / sum |m_{t-1}|   over every branch's block-0 modulated input m
@@ -33,7 +34,7 @@ from genmo.mochi_preview.pipelines import compute_packed_indices  # noqa: E402
 from genmo.mochi_preview.vae.vae_stats import dit_latents_to_vae_latents  # noqa: E402
 
 from genmo_teacache.config import CacheConfig  # noqa: E402
-from genmo_teacache.policy import StepRecord, make_policy  # noqa: E402
+from genmo_teacache.policy import NoCachePolicy, StepPolicy, StepRecord, make_policy  # noqa: E402
 
 SPATIAL_DOWNSAMPLE = 8
 TEMPORAL_DOWNSAMPLE = 6
@@ -100,9 +101,10 @@ def relative_l1(current: list[torch.Tensor], previous: list[torch.Tensor]) -> fl
 
 def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning: dict[str, Any], *,
                  cache: CacheConfig | None = None, observe_only: bool = False, progress: bool = True,
-                 synchronize_steps: bool = False, **args: Any):
+                 synchronize_steps: bool = False, policy: StepPolicy | None = None, **args: Any):
     """Upstream ``sample_model`` plus caching. Returns a ``SampleResult`` (latents as upstream returns them, and
-    the cache report). ``observe_only`` records the indicator on every step without skipping."""
+    the cache report). ``observe_only`` records the indicator on every step without skipping; ``policy``
+    replaces the one ``cache`` describes (benchmarks: ``PatternPolicy``)."""
     device = torch.device(device)
     cache = cache or CacheConfig.baseline()
     random.seed(args["seed"])
@@ -135,9 +137,13 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
         cond["packed_indices"] = compute_packed_indices(device, cond["y_mask"][0], num_latents)
     batched = "batched" in branches
 
-    policy = make_policy(cache, observe_only=observe_only)
+    if policy is None:
+        policy = make_policy(cache, observe_only=observe_only)
+        report = CacheReport(config=cache.to_dict(sample_steps) if cache.enabled else cache.to_dict())
+    else:
+        report = CacheReport(config=policy.describe())
     policy.reset(sample_steps)
-    report = CacheReport(config=cache.to_dict(sample_steps) if cache.enabled else cache.to_dict())
+    caching = not isinstance(policy, NoCachePolicy)
     if observe_only:
         report.config["observe_only"] = True
     previous: dict[str, torch.Tensor] = {}
@@ -162,7 +168,7 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
         for name, inp in inputs.items():
             if record.computed:
                 x = dit(inp, phase="blocks")
-                if cache.enabled or observe_only:
+                if caching:
                     residual[name] = x.float() - inp.x.float()
                 report.dit_calls += 1
             else:

@@ -94,15 +94,18 @@ def _write_text_encoder(out: Path, seed: int) -> None:
     save_file(state, str(out / "model.safetensors"))  # embed_tokens is tied to "shared"
 
 
-def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the tiny random model directory and return its path."""
+def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool = False,
+                    full_size_random_dit: bool = False) -> Path:
+    """Write the tiny random model directory and return its path. ``full_size_random_dit``: instead of the tiny
+    DiT, mark the directory so that the full-size DiT is built with random weights at load time (nothing
+    written; for timing the real architecture with the tiny text encoder and decoder)."""
     from safetensors.torch import save_file
 
     from genmo_teacache.model import AsymmDiTJoint
     from genmo_teacache.pipelines import decoder_kwargs, dit_kwargs
 
     out = Path(out_dir)
-    if (out / "dit.safetensors").exists() and not overwrite:
+    if (out / "decoder.safetensors").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a model; pass overwrite=True (--overwrite) to replace it")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +123,12 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
 
     _write_text_encoder(out / "text_encoder", seed)
     (out / "generation_defaults.json").write_text(json.dumps(TINY_GENERATION_DEFAULTS, indent=2) + "\n")
+    if full_size_random_dit:
+        from genmo_teacache.pipelines import RANDOM_WEIGHTS_KEY
+
+        (out / "dit.safetensors").unlink()
+        (out / "generation_defaults.json").unlink()
+        (out / "dit_config.json").write_text(json.dumps({RANDOM_WEIGHTS_KEY: True}, indent=2) + "\n")
     (out / "README.txt").write_text(
         "Tiny randomly initialised Mochi model written by `genmo-teacache make-tiny-model`.\n"
         "It is UNTRAINED and produces noise: it exists to run the pipeline end to end on a CPU.\n"
@@ -131,10 +140,13 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in OUT_DIR.")
-def make_tiny_model_command(out_dir: str, seed: int, overwrite: bool) -> None:
+@click.option("--full-size-random-dit", "full_size_random_dit", is_flag=True,
+              help="For GPU timing: the full-size DiT (10 B parameters) with random weights made at load time, "
+                   "with the tiny text encoder and decoder.")
+def make_tiny_model_command(out_dir: str, seed: int, overwrite: bool, full_size_random_dit: bool) -> None:
     """Write a tiny random (untrained: it makes noise) model directory usable as --model_dir on a CPU."""
     try:
-        path = make_tiny_model(out_dir, seed=seed, overwrite=overwrite)
+        path = make_tiny_model(out_dir, seed=seed, overwrite=overwrite, full_size_random_dit=full_size_random_dit)
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6

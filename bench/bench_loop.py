@@ -1,0 +1,87 @@
+"""Full denoising loops with CFG (unbatched, upstream's default): the baseline against forced skip patterns
+(PatternPolicy: the same steps skipped on every run), measured speedup against the ideal steps/computed, and
+peak memory with and without caching.
+
+    python bench/bench_loop.py --frames 31 --steps 64 --skips 0,0.25,0.5,0.75
+    python bench/bench_loop.py --frames 163 --steps 8 --skips 0,0.5
+    python bench/bench_loop.py --tiny                                       # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.generate import GenerationSettings  # noqa: E402
+from genmo_teacache.policy import PatternPolicy  # noqa: E402
+from genmo_teacache.sampler import sample_model  # noqa: E402
+from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
+
+from common import conditioning, full_size_dit, peak_gib, reset_peak, sync, table, write_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=31)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--skips", default="0,0.25,0.5,0.75", help="fractions of steps skipped")
+    ap.add_argument("--name", default=None, help="result file name (default bench_loop_<frames>f_<steps>s)")
+    ap.add_argument("--tiny", action="store_true")
+    args = ap.parse_args()
+
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None)
+    w, h = (64, 64) if args.tiny else (848, 480)
+    settings = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=args.steps)
+    cond = conditioning(device)
+
+    def run(policy, s=settings):
+        reset_peak()
+        sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, policy=policy, progress=False,
+                               synchronize_steps=True, **s.sampler_args(0))
+        sync()
+        return time.perf_counter() - t0, res.report, peak_gib()
+
+    warm = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=4)
+    run(PatternPolicy.skipping(4, 0.5), warm)  # warm-up (kernels, allocator)
+    rows = []
+    for frac in (float(f) for f in args.skips.split(",")):
+        policy = None if frac == 0 else PatternPolicy.skipping(args.steps, frac)
+        seconds, report, peak = run(policy) if policy else run_baseline(run, dit, device, settings, cond)
+        computed = [s for r, s in zip(report.steps, report.step_seconds) if r.computed]
+        skipped = [s for r, s in zip(report.steps, report.step_seconds) if not r.computed]
+        rows.append({"skip_fraction": frac, "computed_steps": report.computed_steps, "denoise_s": seconds,
+                     "mean_computed_step_s": sum(computed) / len(computed),
+                     "mean_skipped_step_s": sum(skipped) / len(skipped) if skipped else None,
+                     "ideal_speedup": report.ideal_speedup, "peak_gib": peak})
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+    base = rows[0]["denoise_s"]
+    for r in rows:
+        r["speedup"] = base / r["denoise_s"]
+        r["speedup_vs_ideal"] = r["speedup"] / r["ideal_speedup"]
+    print("\n" + table(rows, ["skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
+                              "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s", "peak_gib"]))
+    write_results(args.name or f"bench_loop_{args.frames}f_{args.steps}s",
+                  {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "rows": rows})
+
+
+def run_baseline(run, dit, device, settings, cond):
+    """The uncached loop: no policy override, the baseline config (no indicator, no residuals)."""
+    reset_peak()
+    sync()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=CacheConfig.baseline(),
+                           progress=False, synchronize_steps=True, **settings.sampler_args(0))
+    sync()
+    return time.perf_counter() - t0, res.report, peak_gib()
+
+
+if __name__ == "__main__":
+    main()
