@@ -11,9 +11,9 @@ import argparse
 import time
 
 import torch
-from genmo.mochi_preview.pipelines import compute_packed_indices  # noqa: E402
 
 from genmo_teacache.model import AsymmDiTJoint  # noqa: E402
+from genmo_teacache.pipelines import up  # noqa: E402  (upstream's pipelines module, after our shims)
 from genmo_teacache.sampler import relative_l1  # noqa: E402
 from genmo_teacache.speed import SpeedOptions, apply_speed_options  # noqa: E402
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
         lt, lh, lw = (2, 8, 8) if args.tiny else (FRAMES_480P[frames], 60, 106)
         g = torch.Generator(device=device).manual_seed(0)
         z = torch.randn(1, 12, lt, lh, lw, device=device, generator=g)
-        packed = compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
+        packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
         return z, torch.full([1], 0.7, device=device), packed, lt * lh * lw // 4
 
     frame_list = [int(f) for f in args.frames.split(",")]

@@ -149,7 +149,8 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
         device = _device_of(device_id)
         torch.manual_seed(0)
         with device:
-            model = init_random_dit(TeaCacheAsymmDiTJoint(**args))
+            model = TeaCacheAsymmDiTJoint(**args)
+        init_random_dit(model)
         if world_size > 1:
             return self._fsdp(model, device_id, fsdp).eval()
         return apply_speed_options(model, self.kwargs["speed"]).eval()

@@ -58,7 +58,7 @@ def init_random_dit(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if isinstance(m, RMSNorm):
                 m.weight.fill_(1.0)
         pf = model.pos_frequencies
-        pf.copy_(torch.rand(pf.shape, generator=gen) * 0.5)
+        pf.copy_(torch.rand(pf.shape, generator=gen, device="cpu") * 0.5)
     return model
 
 
