@@ -18,6 +18,7 @@ from genmo_teacache.config import CacheConfig  # noqa: E402
 from genmo_teacache.generate import GenerationSettings  # noqa: E402
 from genmo_teacache.policy import PatternPolicy  # noqa: E402
 from genmo_teacache.sampler import sample_model  # noqa: E402
+from genmo_teacache.speed import SpeedOptions  # noqa: E402
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 
 from common import conditioning, full_size_dit, peak_gib, reset_peak, sync, table, write_results
@@ -30,10 +31,14 @@ def main() -> None:
     ap.add_argument("--skips", default="0,0.25,0.5,0.75", help="fractions of steps skipped")
     ap.add_argument("--name", default=None, help="result file name (default bench_loop_<frames>f_<steps>s)")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--dit_dtype", default="fp32")
+    ap.add_argument("--sdpa_backend", default="auto")
+    ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None)
+    speed = SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile)
+    dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None, speed=speed)
     w, h = (64, 64) if args.tiny else (848, 480)
     settings = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=args.steps)
     cond = conditioning(device)
@@ -68,7 +73,7 @@ def main() -> None:
     print("\n" + table(rows, ["skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
                               "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s", "peak_gib"]))
     write_results(args.name or f"bench_loop_{args.frames}f_{args.steps}s",
-                  {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "rows": rows})
+                  {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "speed": str(speed), "rows": rows})
 
 
 def run_baseline(run, dit, device, settings, cond):
