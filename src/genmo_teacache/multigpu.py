@@ -145,6 +145,10 @@ class RankContext:
         return {"out": out if self.rank == 0 else None, "rank": self.rank,
                 "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps]}
 
+    def run(self, fn, **kwargs: Any) -> Any:
+        """Run ``fn(self, **kwargs)`` on this rank (as upstream's ``MultiGPUContext.run``): benchmarks."""
+        return fn(self, **kwargs)
+
     def fail(self) -> None:
         """For tests: raise on this rank."""
         raise RuntimeError(f"rank {self.rank} failed on purpose")

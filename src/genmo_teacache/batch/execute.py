@@ -93,6 +93,7 @@ def log_entry(job: Job, result: Any, *, worker: str, attempt: int) -> dict[str, 
         "worker": worker,
         "attempt": attempt,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_unix": time.time(),  # sub-second, for throughput measurements
     }
 
 
