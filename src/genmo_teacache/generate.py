@@ -449,7 +449,10 @@ def _sweep_jobs(options: dict[str, Any]) -> list[tuple[str, int, GenerationSetti
         if unknown:
             raise click.BadParameter(f"{options['sweep_file']} line {n}: unknown keys {sorted(unknown)}")
         settings = settings_from_options(**{**base, **{k: v for k, v in conf.items() if k in SETTINGS_KEYS}})
-        cache = (cache_from_options(teacache_mode=conf["teacache_mode"]) if "teacache_mode" in conf
-                 else cache_from_options(**options))
+        if "teacache_mode" in conf:  # the line's mode; calibration files and options from the command line
+            keep = ("teacache_coefficients", "mag_ratios", "teacache_max_skips", "teacache_no_range_guard")
+            cache = cache_from_options(teacache_mode=conf["teacache_mode"], **{k: options.get(k) for k in keep})
+        else:
+            cache = cache_from_options(**options)
         jobs.append((conf.get("prompt", options["prompt"]), conf.get("seed", options["seed"]), settings, cache))
     return jobs

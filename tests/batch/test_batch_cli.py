@@ -97,3 +97,23 @@ def test_sweep_dry_run_uses_the_reference_candidates(tiny_model_dir, tmp_path):
     subset = json.loads((REPO / "vbench_eval" / "prompts_subset.json").read_text())
     assert subset[0]["prompt_en"] in res.output and subset[2]["prompt_en"] not in res.output
     assert not (tmp_path / "s").exists()
+
+
+def test_calibration_files_reach_the_jobs(tiny_model_dir, prompts, tmp_path):
+    """--teacache_coefficients and --mag_ratios are resolved once into each job's config (names do not carry them)."""
+    from genmo_teacache.batch.cli import make_plan
+    from genmo_teacache.generate import GenerationSettings
+
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"coefficients": [2.0, 0.0], "x_range": [0, 0.5],
+                               "mag_ratios": [1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93]}))
+    settings = GenerationSettings(width=64, height=64, num_frames=7, num_steps=8)
+    plan, _ = make_plan(settings, str(prompts), str(tmp_path / "out"), "fixed_0.1,mag_0.1", num_samples=1,
+                        generation_seed=0, start_idx=0, end_idx=None, teacache_coefficients=str(cal),
+                        mag_ratios=str(cal))
+    by_mode = {job.mode: job.cache for job in plan.jobs}
+    assert by_mode["fixed_0.1"].rescale(0.1) == pytest.approx(0.2)  # the calibrated polynomial, not TeaCache's
+    assert by_mode["mag_0.1"].mag_ratios[:3] == (1.0, 0.99, 0.98)
+    res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts),
+                                             "--modes", "mag_0.1", "--output-dir", str(tmp_path / "o"), "--dry-run"])
+    assert res.exit_code != 0 and "--mag_ratios" in res.output

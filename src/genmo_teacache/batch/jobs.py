@@ -23,7 +23,7 @@ under a skip limit). The first and the last step are always computed. With r = 0
 from __future__ import annotations
 
 import heapq
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class Job:
     sample: int
     seed: int
     cost: float
+    # the resolved config (with a calibrated polynomial or MagCache ratios, which the mode name does not carry)
+    config: CacheConfig | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -80,7 +82,7 @@ class Job:
 
     @property
     def cache(self) -> CacheConfig:
-        return CacheConfig.from_mode(self.mode)
+        return self.config if self.config is not None else CacheConfig.from_mode(self.mode)
 
     @property
     def video_relpath(self) -> str:
@@ -98,6 +100,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["config"] = self.cache.to_dict()  # the resolved config, in its JSON form
         d["id"] = self.id
         return d
 
@@ -131,10 +134,10 @@ def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, Ca
         stem = prompt_stem(entry.text)
         if stems.setdefault(stem, entry.text) != entry.text:
             raise BatchError(f"prompts {stems[stem]!r} and {entry.text!r} map to the same file name {stem!r}")
-        for mode, _ in modes:
+        for mode, cache in modes:
             for sample in range(num_samples):
                 jobs.append(Job(len(jobs), prompt_index, entry.text, stem, mode, sample, generation_seed + sample,
-                                costs[mode]))
+                                costs[mode], cache))
     return jobs
 
 

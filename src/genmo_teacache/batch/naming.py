@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 
+from genmo_teacache.coefficients import Rescale
 from genmo_teacache.config import CacheConfig
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def prompt_stem(prompt: str) -> str:
     return f"{clean or 'prompt'}~{digest}"
 
 
-def parse_modes(text: str | list[str] | tuple[str, ...]) -> list[tuple[str, CacheConfig]]:
+def parse_modes(text: str | list[str] | tuple[str, ...], rescale: Rescale | None = None,
+                mag_ratios: str | None = None) -> list[tuple[str, CacheConfig]]:
     """``"baseline,fixed_0.04"`` -> [(mode as written, its CacheConfig), ...] in the order given.
 
     A mode is any name :meth:`CacheConfig.from_mode` accepts (``mochi_`` prefixes included); its folder keeps the
@@ -61,7 +63,7 @@ def parse_modes(text: str | list[str] | tuple[str, ...]) -> list[tuple[str, Cach
             continue
         if not stem_is_safe(mode):
             raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
-        cache = CacheConfig.from_mode(mode)
+        cache = CacheConfig.from_mode(mode, rescale=rescale, mag_ratios=mag_ratios)
         same = [m for m, c in modes if c == cache]
         if same:
             logger.warning("modes %r and %r are the same cache config (%s): both are generated, in their own folders",
