@@ -35,6 +35,15 @@ def _first_peak(coefficients: tuple[float, ...], hi: float = 1.0) -> float:
     return float(xs[falling[0]]) if len(falling) else hi
 
 
+def _read_json(path: Path, what: str, hint: str = "") -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist{hint}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+
+
 @dataclass(frozen=True)
 class Rescale:
     """A rescale polynomial and the range of raw values over which it can be trusted.
@@ -71,12 +80,7 @@ class Rescale:
         """Load a coefficients JSON: ``{"coefficients": [highest power first...], "x_range": [lo, hi], ...}``
         (``x_max`` is accepted instead of ``x_range``). Other keys are kept as information."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"coefficients file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"coefficients file {path} is not valid JSON: {e}") from None
+        data = _read_json(path, "coefficients file")
         if not isinstance(data, dict) or "coefficients" not in data:
             raise ValueError(f"coefficients file {path} must be a JSON object with a 'coefficients' list "
                              f"(highest power first), got {str(data)[:80]}")
@@ -122,12 +126,7 @@ def load_mag_ratios(path: str | os.PathLike) -> tuple[float, ...]:
     """The per-step residual magnitude ratios (``"mag_ratios"``, one per step, the first 1.0) of a calibration
     file written by ``genmo-teacache calibrate``."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"magnitude-ratio file {path} does not exist: {_calibrate_hint()}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"magnitude-ratio file {path} is not valid JSON: {e}") from None
+    data = _read_json(path, "magnitude-ratio file", hint=f": {_calibrate_hint()}")
     if not isinstance(data, dict) or MAG_RATIOS_KEY not in data:
         raise ValueError(f"{path} has no {MAG_RATIOS_KEY!r} list: {_calibrate_hint()}")
     return validate_mag_ratios(data[MAG_RATIOS_KEY], where=f"{path}: {MAG_RATIOS_KEY!r}")

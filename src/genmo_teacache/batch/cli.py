@@ -188,6 +188,17 @@ def print_dry_run(plan: BatchPlan, use_ray: bool) -> None:
     click.echo("dry run: nothing was written")
 
 
+def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> BatchResult | None:
+    """Run the plan locally or on Ray; None for a dry run (which only prints it)."""
+    if o["dry_run"]:
+        print_dry_run(plan, o["use_ray"])
+        return None
+    k = gpus_per_worker(gen, o)
+    return run_plan(plan, pipeline_spec(gen, k, o["use_ray"]), use_ray=o["use_ray"], cpu=is_cpu(gen),
+                    ray_address=gen.get("ray_address"), num_workers=o["num_workers"], gpus_per_worker=k,
+                    max_retries=o["max_retries"])
+
+
 # -- batch -----------------------------------------------------------------------------------------------------
 @click.command("batch", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @generation_options
@@ -235,13 +246,9 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
                             generation_seed=o["generation_seed"], start_idx=o["start_idx"], end_idx=o["end_idx"],
                             gpu_id=o["gpu_id"], total_gpus=o["total_gpus"],
                             teacache_coefficients=o["teacache_coefficients"], mag_ratios=o["mag_ratios"])
-    if o["dry_run"]:
-        print_dry_run(plan, o["use_ray"])
+    result = execute_plan(plan, gen, o)
+    if result is None:
         return
-    k = gpus_per_worker(gen, o)
-    result = run_plan(plan, pipeline_spec(gen, k, o["use_ray"]), use_ray=o["use_ray"], cpu=is_cpu(gen),
-                      ray_address=gen.get("ray_address"), num_workers=o["num_workers"], gpus_per_worker=k,
-                      max_retries=o["max_retries"])
     report_result(plan, result, modes)
 
 
@@ -279,13 +286,9 @@ def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1,
                         generation_seed=o["generation_seed"], start_idx=0, end_idx=None,
                         num_prompts=o["num_prompts"])
-    if o["dry_run"]:
-        print_dry_run(plan, o["use_ray"])
+    result = execute_plan(plan, gen, o)
+    if result is None:
         return
-    k = gpus_per_worker(gen, o)
-    result = run_plan(plan, pipeline_spec(gen, k, o["use_ray"]), use_ray=o["use_ray"], cpu=is_cpu(gen),
-                      ray_address=gen.get("ray_address"), num_workers=o["num_workers"], gpus_per_worker=k,
-                      max_retries=o["max_retries"])
     if result.failed:
         report_result(plan, result, modes)  # raises
     run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None)
