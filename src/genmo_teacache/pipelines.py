@@ -102,8 +102,8 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
 
     def get_model(self, *, local_rank, device_id, world_size, model_kwargs=None, patch_model_fns=None,
                   strict_load=True, load_checkpoint=True, fast_init=True, fsdp=None, all_ranks_load=False):
-        """As upstream. ``fsdp(model, auto_wrap_policy)`` replaces upstream's FSDP setup for world_size > 1;
-        ``all_ranks_load`` where FSDP cannot sync weights from rank 0 (CPU)."""
+        """As upstream. For world_size > 1 the model is wrapped by ``fsdp(model, auto_wrap_policy)``, by default
+        ``multigpu.fsdp_wrap``; ``all_ranks_load`` where FSDP cannot sync weights from rank 0 (CPU)."""
         lora_sd = None
         kwargs = {**self.kwargs["model_kwargs"], **(model_kwargs or {})}
         if self.kwargs["lora_path"] is not None:
@@ -137,8 +137,10 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
     @staticmethod
     def _fsdp(model, device_id, fsdp):
         policy = partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks)
-        if fsdp is None:
-            return up.setup_fsdp_sync(model, device_id=device_id, param_dtype=torch.float32, auto_wrap_policy=policy)
+        if fsdp is None:  # upstream's setup, minus the root input cast that would change our phases' numerics
+            from genmo_teacache.multigpu import fsdp_wrap
+
+            fsdp = partial(fsdp_wrap, device=_device_of(device_id))
         return fsdp(model, auto_wrap_policy=policy)
 
     def _random_model(self, args, device_id, world_size, fsdp):
