@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.caches import CacheConfig  # noqa: E402
+from genmo_teacache.caches.pattern import PatternPolicy  # noqa: E402
 from genmo_teacache.generate import GenerationSettings  # noqa: E402
 from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline  # noqa: E402
 from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for, up  # noqa: E402
-from genmo_teacache.policy import PatternPolicy  # noqa: E402
 from genmo_teacache.sampler import sample_model  # noqa: E402
 
 from common import conditioning, sync, table, time_fn, write_results

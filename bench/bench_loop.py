@@ -1,22 +1,25 @@
 """Full denoising loops with CFG (unbatched, upstream's default): the baseline against forced skip patterns
 (PatternPolicy: the same steps skipped on every run), measured speedup against the ideal steps/computed, and
-peak memory with and without caching.
+peak memory with and without caching. ``--modes`` runs the patterns as each method's skips (its indicator, and
+what it reuses): the skipped-step cost of every method.
 
     python bench/bench_loop.py --frames 31 --steps 64 --skips 0,0.25,0.5,0.75
-    python bench/bench_loop.py --frames 163 --steps 8 --skips 0,0.5
+    python bench/bench_loop.py --frames 163 --steps 8 --skips 0,0.5 --modes fixed_0.1,easycache_0.05,fbcache_0.1
     python bench/bench_loop.py --tiny                                       # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 import time
 
 import torch
 
-from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.caches import CacheConfig, parse_mode  # noqa: E402
+from genmo_teacache.caches.pattern import PatternPolicy  # noqa: E402
 from genmo_teacache.generate import GenerationSettings  # noqa: E402
-from genmo_teacache.policy import PatternPolicy  # noqa: E402
 from genmo_teacache.sampler import sample_model  # noqa: E402
 from genmo_teacache.speed import SpeedOptions  # noqa: E402
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
@@ -24,11 +27,19 @@ from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 from common import conditioning, full_size_dit, peak_gib, reset_peak, sync, table, write_results
 
 
+def method_of(mode: str, steps: int):
+    """The method a mode names; methods that take a calibration file get a flat one (timing only)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"coefficients": [1.0, 0.0], "mag_ratios": [1.0] * steps}, f)
+    return parse_mode(mode, f.name).method
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=31)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--skips", default="0,0.25,0.5,0.75", help="fractions of steps skipped")
+    ap.add_argument("--modes", default="fixed_0.1", help="skip as these methods do (their indicator and reuse)")
     ap.add_argument("--name", default=None, help="result file name (default bench_loop_<frames>f_<steps>s)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--dit_dtype", default="fp32")
@@ -54,24 +65,34 @@ def main() -> None:
         return time.perf_counter() - t0, res.report, peak_gib()
 
     warm = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=4)
-    run(PatternPolicy.skipping(4, 0.5), warm)  # warm-up (kernels, allocator)
+    methods = [method_of(m, args.steps) for m in args.modes.split(",")]
+    for method in methods:  # warm-up (kernels, allocator, every method's phases)
+        run(PatternPolicy.skipping(4, 0.5, method), warm)
     rows = []
-    for frac in (float(f) for f in args.skips.split(",")):
-        policy = None if frac == 0 else PatternPolicy.skipping(args.steps, frac)
-        seconds, report, peak = run(policy) if policy else run_baseline(run, dit, device, settings, cond)
-        computed = [s for r, s in zip(report.steps, report.step_seconds) if r.computed]
-        skipped = [s for r, s in zip(report.steps, report.step_seconds) if not r.computed]
-        rows.append({"skip_fraction": frac, "computed_steps": report.computed_steps, "denoise_s": seconds,
-                     "mean_computed_step_s": sum(computed) / len(computed),
-                     "mean_skipped_step_s": sum(skipped) / len(skipped) if skipped else None,
-                     "ideal_speedup": report.ideal_speedup, "peak_gib": peak})
-        print(table(rows[-1:], list(rows[-1])), flush=True)
+    fractions = [float(f) for f in args.skips.split(",")]
+    for method in methods:
+        for frac in fractions:
+            if frac == 0 and rows:
+                continue  # one baseline for all methods
+            policy = None if frac == 0 else PatternPolicy.skipping(args.steps, frac, method)
+            seconds, report, peak = run(policy) if policy else run_baseline(run, dit, device, settings, cond)
+            computed = [s for r, s in zip(report.steps, report.step_seconds) if r.computed]
+            skipped = [s for r, s in zip(report.steps, report.step_seconds) if not r.computed]
+            rows.append({"method": method.key if frac else "baseline", "skip_fraction": frac,
+                         "computed_steps": report.computed_steps, "dit_forwards": report.dit_calls,
+                         "denoise_s": seconds, "mean_computed_step_s": sum(computed) / len(computed),
+                         "mean_skipped_step_s": sum(skipped) / len(skipped) if skipped else None,
+                         "ideal_speedup": report.ideal_speedup, "peak_gib": peak})
+            print(table(rows[-1:], list(rows[-1])), flush=True)
     base = rows[0]["denoise_s"]
     for r in rows:
         r["speedup"] = base / r["denoise_s"]
         r["speedup_vs_ideal"] = r["speedup"] / r["ideal_speedup"]
-    print("\n" + table(rows, ["skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
-                              "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s", "peak_gib"]))
+        r["skipped_step_of_computed"] = (r["mean_skipped_step_s"] / r["mean_computed_step_s"]
+                                         if r["mean_skipped_step_s"] is not None else None)
+    print("\n" + table(rows, ["method", "skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
+                              "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s",
+                              "skipped_step_of_computed", "peak_gib"]))
     write_results(args.name or f"bench_loop_{args.frames}f_{args.steps}s",
                   {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "speed": str(speed), "rows": rows})
 

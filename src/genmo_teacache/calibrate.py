@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from genmo_teacache import __version__
 from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale
-from genmo_teacache.generate import generation_options
+from genmo_teacache.options import generation_options
 from genmo_teacache.video import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class PromptTrace:
 def observe(pipe: Any, prompts: list[str], settings: Any, seed: int = DEFAULT_SEED,
             progress: bool = True) -> list[PromptTrace]:
     """Run the uncached model in observe-only mode on every prompt (same seed for each), in order."""
-    from genmo_teacache.config import CacheConfig
+    from genmo_teacache.caches import CacheConfig
     from genmo_teacache.generate import generate
 
     traces = []
@@ -344,12 +344,13 @@ def calibrate_command(ctx: click.Context, **options: Any) -> None:
     """Fit TeaCache's rescale polynomial and MagCache's magnitude ratios for your model and settings.
 
     Runs the uncached model (observe-only) on each prompt, one after another, and writes a file that
-    `generate --teacache_coefficients FILE` and `generate --teacache_mode mag_<t> --mag_ratios FILE` read.
+    `generate --calibration FILE` reads (TeaCache's polynomial; MagCache's ratios with --cache_mode mag_<t>).
     """
-    from genmo_teacache.generate import apply_model_defaults, load_pipeline, pipeline_kwargs, settings_from_options
+    from genmo_teacache.generate import load_pipeline
+    from genmo_teacache.options import apply_model_defaults, pipeline_kwargs, resolve_model_dir, settings_from_options
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = apply_model_defaults(ctx, options)
+    options = apply_model_defaults(ctx, resolve_model_dir(options))
     settings = settings_from_options(**options)
     try:
         paths = output_paths(options["out"])
@@ -362,7 +363,7 @@ def calibrate_command(ctx: click.Context, **options: Any) -> None:
         raise click.BadParameter(str(e)) from None
     try:
         pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     info = {"model_dir": str(options["model_dir"]), "prompts_file": str(options["prompts_file"]),
             **{k: options[k] for k in ("attention_mode", "num_gpus", "device")}}
@@ -374,5 +375,5 @@ def calibrate_command(ctx: click.Context, **options: Any) -> None:
     for line in summary_lines(calibration):
         click.echo(line)
     click.echo(f"  calibration: {paths['json']}\n  plot: {paths['plot']}\n  points: {paths['points']}")
-    click.echo(f"Use it with: genmo-teacache generate --teacache_coefficients {paths['json']} ... or "
-               f"--teacache_mode mag_0.06 --mag_ratios {paths['json']}")
+    click.echo(f"Use it with: genmo-teacache generate --calibration {paths['json']} ... (TeaCache modes) or "
+               f"--cache_mode mag_0.06 --calibration {paths['json']}")

@@ -37,11 +37,16 @@ def _first_peak(coefficients: tuple[float, ...], hi: float = 1.0) -> float:
 
 def _read_json(path: Path, what: str, hint: str = "") -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{what} {path} does not exist{hint}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {path} is a directory: give the JSON file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}): give the JSON file "
+                         f"that `genmo-teacache calibrate` wrote{hint}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+        raise ValueError(f"{what} {path} is not valid JSON: {e}{hint}") from None
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,15 @@ class Rescale:
         ):
             raise ValueError(f"coefficients file {path}: 'coefficients' must be a non-empty list of numbers, "
                              f"got {coeffs!r}")
-        x_max = data.get("x_max", data.get("x_range", [None, math.nan])[1])
-        if x_max is None or not isinstance(x_max, (int, float)):
-            raise ValueError(f"coefficients file {path}: 'x_range' must be [lo, hi] numbers, got "
-                             f"{data.get('x_range')!r}")
+        if "x_max" in data:
+            x_max = data["x_max"]
+        else:
+            x_range = data.get("x_range", [0.0, math.nan])
+            ok = isinstance(x_range, list) and len(x_range) == 2
+            x_max = x_range[1] if ok else None
+        if not isinstance(x_max, (int, float)) or isinstance(x_max, bool):
+            raise ValueError(f"coefficients file {path}: 'x_range' must be a list [lo, hi] of two numbers (or "
+                             f"'x_max' a number), got x_range={data.get('x_range')!r} x_max={data.get('x_max')!r}")
         info = {k: v for k, v in data.items() if k not in ("coefficients", "x_max", "source")}
         return cls(tuple(float(c) for c in coeffs), float(x_max), str(path), info)
 

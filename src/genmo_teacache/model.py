@@ -2,7 +2,8 @@
 
     prepare_step      patch embedding, timestep + pooled-text conditioning, RoPE, context-parallel shard
     modulated_input   block 0's modulated input RMSNorm(x) * (1 + scale_msa_x): TeaCache's indicator source
-    run_blocks        all transformer blocks (the expensive part a skipped step avoids)
+    first_block       block 0 alone (first-block cache's indicator)
+    run_blocks        the transformer blocks, all or from block k on (the expensive part a skipped step avoids)
     finish            final layer (with the current step's modulation), all-gather, unpatchify
 
 Called as a plain module, ``forward`` chains the phases and returns exactly what upstream's forward returns.
@@ -24,6 +25,7 @@ compat.apply()
 
 import genmo.mochi_preview.dit.joint_model.asymm_models_joint as upstream_dit  # noqa: E402
 import genmo.mochi_preview.dit.joint_model.context_parallel as cp  # noqa: E402
+from genmo.mochi_preview.dit.joint_model.layers import RMSNorm  # noqa: E402
 from genmo.mochi_preview.dit.joint_model.mod_rmsnorm import modulated_rmsnorm  # noqa: E402
 
 AsymmDiTJoint = upstream_dit.AsymmDiTJoint
@@ -114,21 +116,34 @@ class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
         num_ff_checkpoint: int = 0,
         num_qkv_checkpoint: int = 0,
         num_post_attn_checkpoint: int = 0,
+        *,
+        start: int = 0,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x, y_feat = inputs.x, inputs.y_feat
-        for i, block in enumerate(self.blocks):
-            x, y_feat = block(
-                x,
-                inputs.c,
-                y_feat,
-                rope_cos=inputs.rope_cos,
-                rope_sin=inputs.rope_sin,
-                packed_indices=inputs.packed_indices,
-                checkpoint_ff=i < num_ff_checkpoint,
-                checkpoint_qkv=i < num_qkv_checkpoint,
-                checkpoint_post_attn=i < num_post_attn_checkpoint,
-            )
+        """Blocks ``start``.. on the visual tokens; ``state`` = (x, y_feat) after block ``start - 1`` (see
+        :meth:`first_block`), else the step's embedded tokens. Returns the visual tokens after the last block."""
+        x, y_feat = state if state is not None else (inputs.x, inputs.y_feat)
+        for i in range(start, len(self.blocks)):
+            x, y_feat = self._block(i, x, y_feat, inputs, num_ff_checkpoint, num_qkv_checkpoint,
+                                    num_post_attn_checkpoint)
         return x
+
+    def first_block(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block 0 alone: (visual tokens, text tokens) after it (first-block cache runs it every step)."""
+        return self._block(0, inputs.x, inputs.y_feat, inputs)
+
+    def _block(self, i, x, y_feat, inputs, num_ff_checkpoint=0, num_qkv_checkpoint=0, num_post_attn_checkpoint=0):
+        return self.blocks[i](
+            x,
+            inputs.c,
+            y_feat,
+            rope_cos=inputs.rope_cos,
+            rope_sin=inputs.rope_sin,
+            packed_indices=inputs.packed_indices,
+            checkpoint_ff=i < num_ff_checkpoint,
+            checkpoint_qkv=i < num_qkv_checkpoint,
+            checkpoint_post_attn=i < num_post_attn_checkpoint,
+        )
 
     def finish(self, x: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         T, H, W = inputs.thw
@@ -150,8 +165,8 @@ class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
 
     def forward(self, *args: Any, phase: str = "full", **kwargs: Any) -> Any:
         """``phase="full"`` (default): upstream's forward, same arguments, same result. The sampler calls the
-        other phases through ``forward`` too (``"prepare"``, ``"modulated_input"``, ``"blocks"``, ``"finish"``)
-        so that wrappers such as FSDP see a forward call and gather the parameters the phase needs
+        other phases through ``forward`` too (``"prepare"``, ``"modulated_input"``, ``"first_block"``, ``"blocks"``,
+        ``"finish"``) so that wrappers such as FSDP see a forward call and gather the parameters the phase needs
         (``"noop"`` does nothing but that)."""
         if phase == "full":
             return self._full_forward(*args, **kwargs)
@@ -181,5 +196,18 @@ class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
         return self.finish(out, inputs)
 
 
-_PHASES = {"prepare": "prepare_step", "modulated_input": "modulated_input", "blocks": "run_blocks",
-           "finish": "finish"}
+_PHASES = {"prepare": "prepare_step", "modulated_input": "modulated_input", "first_block": "first_block",
+           "blocks": "run_blocks", "finish": "finish"}
+
+
+def init_random_dit(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Initialise what upstream leaves empty (``RMSNorm.weight``, ``pos_frequencies``) so a randomly initialised
+    DiT gives finite outputs. Other parameters keep PyTorch's default initialisation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+        pf = model.pos_frequencies
+        pf.copy_(torch.rand(pf.shape, generator=gen, device="cpu") * 0.5)
+    return model

@@ -1,15 +1,18 @@
 """The native Euler sampler (upstream ``pipelines.sample_model``) with a step cache.
 
-With caching off it gives latents bit-identical to upstream's: the same operations, except that what does
-not change between steps (pooled text, RoPE) is computed once per generation. With caching on, each
-denoising step makes one decision for all CFG branches (and all context-parallel ranks):
+With caching off it gives latents bit-identical to upstream's: the same operations, except that what does not
+change between steps (pooled text, RoPE) is computed once per generation. With caching on, each denoising step
+makes one decision for all CFG branches, all context-parallel ranks and all CFG-parallel ranks: the method's
+indicator (``caches.base``) is summed over every branch and every rank before its policy decides, so batched,
+unbatched and CFG-parallel CFG decide alike.
 
-    indicator = sum |m_t - m_{t-1}| / sum |m_{t-1}|   over every branch's block-0 modulated input m
-                (and, under context parallelism, over every rank's tokens: the two sums are all-reduced)
+A computed step runs the DiT and caches, per branch, the difference across the part a skipped step reuses (fp32);
+a skipped step adds that cached difference (or a modifier's forecast of it) instead of running that part. Modifiers
+(``caches.base.ModifierState``) may drop a branch on a computed step and fill in its output (CFG cache).
 
-so batched and unbatched CFG decide alike. A computed step runs the blocks and caches, per branch, the
-residual ``blocks(x) - x`` (fp32, before the final layer); a skipped step adds its branch's cached residual to
-the current embedding and still applies the final layer with the current step's modulation.
+CFG-parallel (``branch_group``): the two CFG branches run on two ranks (each with the whole model, or its own
+context-parallel group); each step's outputs are exchanged once, and both ranks combine them exactly as one GPU
+does, so the latents are bit-identical to one GPU's.
 """
 
 from __future__ import annotations
@@ -33,8 +36,17 @@ from genmo.lib.progress import get_new_progress_bar  # noqa: E402
 from genmo.mochi_preview.pipelines import compute_packed_indices  # noqa: E402
 from genmo.mochi_preview.vae.vae_stats import dit_latents_to_vae_latents  # noqa: E402
 
-from genmo_teacache.config import CacheConfig  # noqa: E402
-from genmo_teacache.policy import NoCachePolicy, StepPolicy, StepRecord, make_policy  # noqa: E402
+from genmo_teacache.caches import CacheConfig, StepRecord  # noqa: E402
+from genmo_teacache.caches.base import (  # noqa: E402
+    AFTER_FIRST_BLOCK,
+    FIRST_BLOCK_RESIDUAL,
+    MODEL,
+    MODEL_IO,
+    MODULATED_INPUT,
+    ModifierState,
+    Policy,
+)
+from genmo_teacache.caches.teacache import TeaCache  # noqa: E402
 
 SPATIAL_DOWNSAMPLE = 8
 TEMPORAL_DOWNSAMPLE = 6
@@ -48,7 +60,8 @@ class CacheReport:
     config: dict[str, Any]
     steps: list[StepRecord] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
-    dit_calls: int = 0
+    dit_calls: int = 0  # DiT forwards over all CFG branches (a batched-CFG call counts once)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def computed_steps(self) -> int:
@@ -60,8 +73,9 @@ class CacheReport:
 
     @property
     def ideal_speedup(self) -> float:
-        """Denoising speedup if a skipped step cost nothing: steps / computed steps."""
-        return len(self.steps) / max(self.computed_steps, 1)
+        """Denoising speedup if a skipped step (or branch) cost nothing: the baseline's forwards / forwards run."""
+        per_step = max((len(r.branches or ()) for r in self.steps), default=1) or 1
+        return len(self.steps) * per_step / max(self.dit_calls, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +86,7 @@ class CacheReport:
             "skipped_steps": self.skipped_steps,
             "ideal_speedup": self.ideal_speedup,
             "dit_calls": self.dit_calls,
+            "warnings": self.warnings,
             "steps": [dict(r.to_dict(), seconds=s) for r, s in zip(self.steps, self.step_seconds)],
         }
 
@@ -79,32 +94,214 @@ class CacheReport:
         n = len(self.steps)
         skipped = [r.step for r in self.steps if not r.computed]
         return (f"{self.config.get('mode')}: computed {self.computed_steps}/{n} steps, skipped {len(skipped)} "
-                f"({100 * len(skipped) / max(n, 1):.0f}%); ideal denoising speedup {self.ideal_speedup:.2f}x"
-                + (f"; skipped steps {skipped}" if skipped else ""))
+                f"({100 * len(skipped) / max(n, 1):.0f}%), {self.dit_calls} DiT forwards; ideal denoising speedup "
+                f"{self.ideal_speedup:.2f}x" + (f"; skipped steps {skipped}" if skipped else ""))
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+@dataclass
+class SampleResult:
+    latents: torch.Tensor
+    report: CacheReport
+
+
+def _all_reduce_sum(t: torch.Tensor, branch_group: Any = None) -> torch.Tensor:
+    """Sum over the context-parallel group (token shards) and the CFG-parallel group (branches)."""
     if cp.is_cp_active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=cp.get_cp_group())
+    if branch_group is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=branch_group)
     return t
 
 
-def relative_l1(current: list[torch.Tensor], previous: list[torch.Tensor]) -> float:
-    """sum |cur - prev| / sum |prev| over all tensors (CFG branches) and all context-parallel ranks."""
-    sums = torch.stack([
-        sum((c.float() - p.float()).abs().sum() for c, p in zip(current, previous)),
-        sum(p.float().abs().sum() for p in previous),
-    ]).double()
-    num, den = _all_reduce_sum(sums).tolist()
+def relative_l1(current: list[torch.Tensor], previous: list[torch.Tensor], branch_group: Any = None) -> float:
+    """sum |cur - prev| / sum |prev| over all tensors (CFG branches) and all ranks. Each tensor's sums are taken in
+    fp32 and added in fp64, so the CFG branches give the same number on one GPU and split over two."""
+    num = sum((c.float() - p.float()).abs().sum().double() for c, p in zip(current, previous))
+    den = sum(p.float().abs().sum().double() for p in previous)
+    num, den = _all_reduce_sum(torch.stack([num, den]), branch_group).tolist()
     return num / den if den > 0 else float("inf")
+
+
+def _abs_sum(t: torch.Tensor) -> float:
+    return t.float().abs().sum().double().item()
+
+
+class _Branch:
+    """One CFG branch ("cond", "uncond", or "batched" for both in one call) and what the cache keeps for it."""
+
+    def __init__(self, name: str, cond: dict[str, Any], shared: dict[str, Any]):
+        self.name, self.cond = name, cond
+        self.memo: dict[str, Any] = {"shared": shared}  # step-invariant conditioning (see model.prepare_step)
+        self.history: list[tuple[int, torch.Tensor]] = []  # (step, fp32 cached difference) of computed steps
+        self.signal: torch.Tensor | None = None  # the indicator tensor it is compared with next
+
+
+class _StepCache:
+    """Runs the DiT for one denoising step under the cache: measure, decide, compute or reuse per branch."""
+
+    def __init__(self, dit, method, policy, modifiers: list[ModifierState], branches: list[_Branch],
+                 local: list[_Branch], report: CacheReport, observe_only: bool, branch_group: Any):
+        self.dit, self.method, self.policy, self.mods = dit, method, policy, modifiers
+        self.branches, self.local, self.report = branches, local, report
+        self.observe_only, self.branch_group = observe_only, branch_group
+        self.caching = method.enabled or observe_only
+        self.keep = max([1] + [m.history for m in modifiers])
+        # the modifier that forecasts what a skip reuses, if any (else the last cached difference, unchanged)
+        self.forecaster = next((m for m in modifiers if type(m).estimate is not ModifierState.estimate), None)
+        self.io: dict[str, Any] = {}  # model_io: previous input, last computed input and cond output
+
+    def outputs(self, z: torch.Tensor, sigma_t: torch.Tensor, step: int, sigma: float) -> dict[str, torch.Tensor]:
+        """The DiT output (fp32) of every CFG branch for this step."""
+        self.z, self.sigma_t, self.inputs, self.entered = z, sigma_t, {}, {}
+        signals, raw = self.measure()
+        record = self.policy.decide(step, sigma, raw)
+        for b in self.local:  # fbcache compares with the last computed step, the others with the previous step
+            if b.name in signals and (record.computed or not self.method.compare_with_last_computed):
+                b.signal = signals[b.name]
+        ran = [b.name for b in self.branches] if record.computed else []
+        for m in self.mods:
+            ran = m.run_branches(step, ran) if record.computed else ran
+        record.branches = ran
+        self.report.steps.append(record)
+        self.report.dit_calls += len(ran)
+        last = {b.name: b.history[-1][1] for b in self.local if b.history} if self.observe_only else {}
+        outs = {}
+        for b in self.local:
+            if not record.computed:
+                outs[b.name] = self.reuse(b, step)
+            elif b.name in ran:
+                outs[b.name] = self.compute(b, step)
+        if self.branch_group is not None:
+            outs = self.exchange(outs, ran)
+        for m in self.mods:
+            m.fill(step, outs, ran)
+        if last:
+            self.residual_stats(record, last)
+        if self.method.indicator == MODEL_IO:
+            self.io["previous_input"] = z
+            if record.computed:
+                self.learn(step, outs)
+        return outs
+
+    # -- the DiT, in pieces ------------------------------------------------------------------------------------
+    def inp(self, b: _Branch):
+        if b.name not in self.inputs:
+            c = b.cond
+            self.inputs[b.name] = self.dit(self.z, self.sigma_t, c["y_feat"], c["y_mask"], c["packed_indices"],
+                                           b.memo, phase="prepare")
+        return self.inputs[b.name]
+
+    def enter(self, b: _Branch) -> tuple[torch.Tensor, Any]:
+        """What a skip adds its cached difference to: the embedded tokens, block 0's output (with the text tokens
+        after it) or the DiT's input latent."""
+        if b.name not in self.entered:
+            reuse = self.method.reuse
+            if reuse == MODEL:
+                self.entered[b.name] = (self.z, None)
+            elif reuse == AFTER_FIRST_BLOCK:
+                x1, y1 = self.dit(self.inp(b), phase="first_block")
+                self.entered[b.name] = (x1, y1)
+            else:
+                self.entered[b.name] = (self.inp(b).x, None)
+        return self.entered[b.name]
+
+    def compute(self, b: _Branch, step: int) -> torch.Tensor:
+        a, y = self.enter(b)
+        reuse = self.method.reuse
+        if reuse == AFTER_FIRST_BLOCK:
+            x = self.dit(self.inp(b), phase="blocks", start=1, state=(a, y))
+        else:
+            x = self.dit(self.inp(b), phase="blocks")
+        out = self.dit(x, self.inp(b), phase="finish").float()
+        if self.caching:
+            after = out if reuse == MODEL else x
+            b.history = (b.history + [(step, after.float() - a.float())])[-self.keep:]
+        return out
+
+    def reuse(self, b: _Branch, step: int) -> torch.Tensor:
+        a, _ = self.enter(b)
+        delta = self.forecaster.estimate(step, b.history) if self.forecaster else b.history[-1][1]
+        after = (a.float() + delta).to(a.dtype)
+        if self.method.reuse == MODEL:
+            return after.float()
+        return self.dit(after, self.inp(b), phase="finish").float()
+
+    # -- indicators --------------------------------------------------------------------------------------------
+    def measure(self) -> tuple[dict[str, torch.Tensor], float | None]:
+        """The method's indicator tensors per local branch and the summed relative change (None: nothing to
+        compare with yet, or no indicator)."""
+        kind = MODULATED_INPUT if self.observe_only else self.method.indicator
+        if kind == MODULATED_INPUT:
+            signals = {b.name: self.dit(self.inp(b), phase="modulated_input") for b in self.local}
+        elif kind == FIRST_BLOCK_RESIDUAL:
+            signals = {b.name: self.enter(b)[0].float() - self.inp(b).x.float() for b in self.local}
+        elif kind == MODEL_IO:
+            return {}, self.model_io_change()
+        else:
+            return {}, None
+        previous = [b.signal for b in self.local]
+        if any(p is None for p in previous):
+            return signals, None
+        return signals, relative_l1([signals[b.name] for b in self.local], previous, self.branch_group)
+
+    def _cond(self, t: torch.Tensor) -> torch.Tensor:
+        return t[:1]  # the cond half of a batched call, or the one latent of an unbatched branch
+
+    def model_io_change(self) -> float | None:
+        """EasyCache's input change: mean |x_t - x_{t-1}| / mean |last computed cond output| (x: the DiT input)."""
+        io = self.io
+        if "output" not in io or "previous_input" not in io:
+            return None
+        return _abs_sum(self._cond(self.z) - self._cond(io["previous_input"])) / _abs_sum(io["output"])
+
+    def learn(self, step: int, outs: dict[str, torch.Tensor]) -> None:
+        """After a computed step: the transformation rate k = |out_t - out_last| / |x_t - x_last| between the last
+        two computed steps (cond branch), handed to the policy's ``observe``."""
+        out = self._cond(outs["batched"] if "batched" in outs else outs["cond"])
+        io = self.io
+        if "output" in io:
+            input_change = _abs_sum(self._cond(self.z) - self._cond(io["input"]))
+            rate = _abs_sum(out - io["output"]) / input_change if input_change > 0 else float("inf")
+            observe = getattr(self.policy, "observe", None)
+            if observe is not None:
+                observe(step, rate)
+        io["output"], io["input"] = out, self.z
+
+    def residual_stats(self, record: StepRecord, last: dict[str, torch.Tensor]) -> None:
+        """Observe-only: how the blocks' residual changed from the previous step (calibration's y and MagCache's
+        magnitude ratio), over every branch and rank."""
+        names = list(last)
+        now = {b.name: b.history[-1][1] for b in self.local}
+        record.residual_change = relative_l1([now[n] for n in names], [last[n] for n in names], self.branch_group)
+        sums = [_all_reduce_sum(torch.stack([r[n].abs().sum().double() for n in names]).sum(), self.branch_group)
+                .item() for r in (now, last)]
+        record.residual_ratio = sums[0] / sums[1] if sums[1] > 0 else float("inf")
+
+    # -- CFG-parallel --------------------------------------------------------------------------------------------
+    def exchange(self, outs: dict[str, torch.Tensor], ran: list[str]) -> dict[str, torch.Tensor]:
+        """Every rank of the CFG group gets every branch's output (one broadcast per branch that has one)."""
+        have = [b.name for b in self.branches if b.name in ran or not ran]
+        full = {}
+        for rank, b in enumerate(self.branches):
+            if b.name not in have:
+                continue
+            t = outs[b.name] if b.name in outs else torch.empty(self.z.shape, dtype=torch.float32,
+                                                                device=self.z.device)
+            dist.broadcast(t, src=dist.get_global_rank(self.branch_group, rank), group=self.branch_group)
+            full[b.name] = t
+        return full
 
 
 def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning: dict[str, Any], *,
                  cache: CacheConfig | None = None, observe_only: bool = False, progress: bool = True,
-                 synchronize_steps: bool = False, policy: StepPolicy | None = None, **args: Any):
-    """Upstream ``sample_model`` plus caching. Returns a ``SampleResult`` (latents as upstream returns them, and
-    the cache report). ``observe_only`` records the indicator on every step without skipping; ``policy``
-    replaces the one ``cache`` describes (benchmarks: ``PatternPolicy``)."""
+                 synchronize_steps: bool = False, policy: Policy | None = None, branch_group: Any = None,
+                 **args: Any) -> SampleResult:
+    """Upstream ``sample_model`` plus caching. Returns latents (as upstream returns them) and the cache report.
+
+    ``observe_only`` records TeaCache's indicator on every step without skipping (and, per step, how the blocks'
+    residual changed: calibration). ``policy`` replaces the one ``cache`` describes (benchmarks: ``PatternPolicy``,
+    which measures and reuses as its ``method`` does). ``branch_group``: a process group of 2 ranks over which the
+    cond (its rank 0) and uncond (its rank 1) branches are split (CFG-parallel)."""
     device = torch.device(device)
     cache = cache or CacheConfig.baseline()
     random.seed(args["seed"])
@@ -128,70 +325,45 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
     z = torch.randn((B, IN_CHANNELS, latent_t, latent_h, latent_w), device=device, dtype=torch.float32)
 
     num_latents = latent_t * latent_h * latent_w
+    shared: dict[str, Any] = {}  # step-invariant conditioning both branches share (RoPE)
     if "cond" in conditioning:
-        branches = {"cond": conditioning["cond"], "uncond": conditioning["null"]}
+        branches = [_Branch("cond", conditioning["cond"], shared), _Branch("uncond", conditioning["null"], shared)]
     else:
-        branches = {"batched": conditioning["batched"]}
+        if branch_group is not None:
+            raise ValueError("CFG-parallel runs one branch per rank: it cannot batch the branches (drop --batch_cfg)")
+        branches = [_Branch("batched", conditioning["batched"], shared)]
         z = repeat(z, "b ... -> (repeat b) ...", repeat=2)
-    for cond in branches.values():
-        cond["packed_indices"] = compute_packed_indices(device, cond["y_mask"][0], num_latents)
-    batched = "batched" in branches
+    for b in branches:
+        b.cond["packed_indices"] = compute_packed_indices(device, b.cond["y_mask"][0], num_latents)
+    batched = branches[0].name == "batched"
+    local = [branches[dist.get_rank(branch_group)]] if branch_group is not None else branches
 
-    if policy is None:
-        policy = make_policy(cache, observe_only=observe_only)
-        report = CacheReport(config=cache.to_dict(sample_steps) if cache.enabled else cache.to_dict())
-    else:
+    method = cache.method
+    if observe_only:  # TeaCache's indicator on every step, nothing skipped
+        method = method if isinstance(method, TeaCache) else TeaCache.fixed(0.0)
+    if policy is not None:
+        method = getattr(policy, "method", method)
         report = CacheReport(config=policy.describe())
-    policy.reset(sample_steps)
-    caching = not isinstance(policy, NoCachePolicy)
+    else:
+        policy = method.policy(observe_only=True) if observe_only else method.policy()
+        report = CacheReport(config=cache.to_dict(sample_steps), warnings=cache.check(sample_steps))
     if observe_only:
         report.config["observe_only"] = True
-    previous: dict[str, torch.Tensor] = {}
-    residual: dict[str, torch.Tensor] = {}
+    policy.reset(sample_steps)
+    modifiers = [m.state() for m in cache.modifiers]
+    for m in modifiers:
+        m.reset(sample_steps, list(sigma_schedule))
+    stepper = _StepCache(dit, method, policy, modifiers, branches, local, report, observe_only, branch_group)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-
-    shared: dict[str, Any] = {}  # step-invariant conditioning, computed on the first step (see prepare_step)
-    memos: dict[str, dict[str, Any]] = {name: {"shared": shared} for name in branches}
-
-    def branch_outputs(z_in: torch.Tensor, sigma_t: torch.Tensor, step: int, sigma: float) -> dict[str, Any]:
-        inputs = {name: dit(z_in, sigma_t, cond["y_feat"], cond["y_mask"], cond["packed_indices"], memos[name],
-                            phase="prepare") for name, cond in branches.items()}
-        raw = None
-        if policy.needs_indicator:
-            modulated = {name: dit(inp, phase="modulated_input") for name, inp in inputs.items()}
-            raw = relative_l1(list(modulated.values()), [previous[n] for n in modulated]) if previous else None
-            previous.update(modulated)
-        record = policy.decide(step, sigma, raw)
-        report.steps.append(record)
-        outs = {}
-        last_residual = dict(residual) if observe_only else {}
-        for name, inp in inputs.items():
-            if record.computed:
-                x = dit(inp, phase="blocks")
-                if caching:
-                    residual[name] = x.float() - inp.x.float()
-                report.dit_calls += 1
-            else:
-                x = (inp.x.float() + residual[name]).to(inp.x.dtype)
-            outs[name] = dit(x, inp, phase="finish")
-        if last_residual:
-            names = list(inputs)
-            record.residual_change = relative_l1([residual[n] for n in names], [last_residual[n] for n in names])
-            mean_abs = [_all_reduce_sum(torch.stack([r[n].abs().sum() for n in names]).sum().double()).item()
-                        for r in (residual, last_residual)]
-            record.residual_ratio = mean_abs[0] / mean_abs[1] if mean_abs[1] > 0 else float("inf")
-        return outs
 
     def model_fn(*, z, sigma_t, cfg_scale, step, sigma):
         with autocast:
-            outs = branch_outputs(z, sigma_t, step, sigma)
+            outs = stepper.outputs(z, sigma_t, step, sigma)
         if batched:
             out_cond, out_uncond = torch.chunk(outs["batched"], chunks=2, dim=0)
         else:
             out_cond, out_uncond = outs["cond"], outs["uncond"]
         assert out_cond.shape == out_uncond.shape
-        out_uncond = out_uncond.to(z)
-        out_cond = out_cond.to(z)
         return out_uncond + cfg_scale * (out_cond - out_uncond)
 
     steps = range(0, sample_steps)
@@ -212,9 +384,3 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
 
     z = z[:B] if batched else z
     return SampleResult(dit_latents_to_vae_latents(z), report)
-
-
-@dataclass
-class SampleResult:
-    latents: torch.Tensor
-    report: CacheReport

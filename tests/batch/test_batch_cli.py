@@ -69,7 +69,7 @@ def test_malformed_prompt_file_fails_naming_the_line(tiny_model_dir, tmp_path, c
 
 @pytest.mark.parametrize("modes, message", [
     ("baseline,fixd_0.04", "unknown mode 'fixd_0.04'"),
-    ("baseline,mochi_adaptive_f34s14l16", "mode 'mochi_adaptive_f34s14l16'"),  # 64 steps, not the tiny model's
+    ("baseline,schedule_4x0.1_4x0.2", "mode 'schedule_4x0.1_4x0.2'"),  # 8 steps, not the tiny model's 16
 ])
 def test_unknown_or_unfit_mode_fails_naming_it(tiny_model_dir, prompts, tmp_path, modes, message):
     res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts),
@@ -100,7 +100,8 @@ def test_sweep_dry_run_uses_the_reference_candidates(tiny_model_dir, tmp_path):
 
 
 def test_calibration_files_reach_the_jobs(tiny_model_dir, prompts, tmp_path):
-    """--teacache_coefficients and --mag_ratios are resolved once into each job's config (names do not carry them)."""
+    """--calibration (alias --teacache_coefficients, --mag_ratios) is resolved once into each job's config (names do
+    not carry it)."""
     from genmo_teacache.batch.cli import make_plan
     from genmo_teacache.generate import GenerationSettings
 
@@ -109,11 +110,10 @@ def test_calibration_files_reach_the_jobs(tiny_model_dir, prompts, tmp_path):
                                "mag_ratios": [1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93]}))
     settings = GenerationSettings(width=64, height=64, num_frames=7, num_steps=8)
     plan, _ = make_plan(settings, str(prompts), str(tmp_path / "out"), "fixed_0.1,mag_0.1", num_samples=1,
-                        generation_seed=0, start_idx=0, end_idx=None, teacache_coefficients=str(cal),
-                        mag_ratios=str(cal))
+                        generation_seed=0, start_idx=0, end_idx=None, calibration=str(cal))
     by_mode = {job.mode: job.cache for job in plan.jobs}
-    assert by_mode["fixed_0.1"].rescale(0.1) == pytest.approx(0.2)  # the calibrated polynomial, not TeaCache's
-    assert by_mode["mag_0.1"].mag_ratios[:3] == (1.0, 0.99, 0.98)
+    assert by_mode["fixed_0.1"].method.rescale(0.1) == pytest.approx(0.2)  # the calibrated polynomial
+    assert by_mode["mag_0.1"].method.mag_ratios[:3] == (1.0, 0.99, 0.98)
     res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts),
                                              "--modes", "mag_0.1", "--output-dir", str(tmp_path / "o"), "--dry-run"])
-    assert res.exit_code != 0 and "--mag_ratios" in res.output
+    assert res.exit_code != 0 and "--calibration" in res.output

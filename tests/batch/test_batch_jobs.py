@@ -9,7 +9,6 @@ import pytest
 from genmo_teacache.batch.jobs import (
     BatchError,
     build_jobs,
-    computed_fraction,
     estimate_cost,
     log_name,
     select_prompts,
@@ -17,7 +16,7 @@ from genmo_teacache.batch.jobs import (
 )
 from genmo_teacache.batch.naming import MAX_STEM_BYTES, parse_modes, prompt_stem, stem_is_safe
 from genmo_teacache.batch.prompts import PromptEntry
-from genmo_teacache.config import CacheConfig
+from genmo_teacache.caches import parse_mode
 
 REFERENCE_MODES = "mochi_baseline,mochi_fixed_0.04,mochi_fixed_0.12,mochi_adaptive_0.12_0.04,mochi_adaptive_f34s14l16"
 
@@ -68,7 +67,7 @@ def test_costs_order_modes_and_baseline_is_most_expensive():
     assert costs["mochi_baseline"] == 1.0
     assert max(costs.values()) == 1.0
     assert costs["mochi_fixed_0.04"] > costs["mochi_adaptive_0.12_0.04"] > costs["mochi_fixed_0.12"]
-    assert computed_fraction(CacheConfig.fixed(0.5, max_skips=1), 64) >= 0.5
+    assert parse_mode("fixed_0.5-max1").computed_fraction(64) >= 0.5
 
 
 def test_jobs_naming_seeds_and_order():
@@ -87,8 +86,11 @@ def test_jobs_naming_seeds_and_order():
 
 
 def test_schedule_that_does_not_fit_names_the_mode():
-    with pytest.raises(BatchError, match="mode 'mochi_adaptive_f34s14l16'"):
-        build_jobs(select_prompts(entries("a")), parse_modes("baseline,mochi_adaptive_f34s14l16"), 1, 0, 16)
+    """A fixed-length schedule shorter than the run is an error; a longer one is cut, as the reference does."""
+    with pytest.raises(BatchError, match="mode 'schedule_4x0.1_4x0.2'.*covers 8 steps but num_steps=16"):
+        build_jobs(select_prompts(entries("a")), parse_modes("baseline,schedule_4x0.1_4x0.2"), 1, 0, 16)
+    jobs = build_jobs(select_prompts(entries("a")), parse_modes("baseline,mochi_adaptive_f34s14l16"), 1, 0, 16)
+    assert [j.mode for j in jobs] == ["baseline", "mochi_adaptive_f34s14l16"]
 
 
 @pytest.mark.parametrize("n", [0, 6])

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from genmo_teacache.caches import CacheConfig, parse_mode
+from genmo_teacache.caches.teacache import TeaCache
 from genmo_teacache.coefficients import Rescale
-from genmo_teacache.config import CacheConfig
-from genmo_teacache.generate import GenerationSettings, cache_from_options, generate, generate_command
+from genmo_teacache.generate import GenerationSettings, generate
+from genmo_teacache.generate_cli import generate_command
+from genmo_teacache.options import cache_from_options
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,14 @@ def test_rescale_from_the_file_is_its_polynomial(calibration):
         assert rescale(x) == np.polyval(coeffs, x)
     assert rescale.x_max == hi and rescale.in_range(hi) and not rescale.in_range(hi * 1.01)
     assert rescale.info["r2"] == calibration.data["r2"]
-    from_cli = cache_from_options(teacache_thresh=0.5, teacache_coefficients=str(calibration.path))
-    assert from_cli.rescale == rescale
+    from_cli = cache_from_options(teacache_thresh=0.5, calibration=str(calibration.path))
+    assert from_cli.method.rescale == rescale
 
 
 def test_teacache_generation_follows_the_file(pipe, calibration, settings, baseline):
     coeffs, x_max = calibration.data["coefficients"], calibration.data["x_range"][1]
     threshold = 1.0
-    cache = CacheConfig.fixed(threshold, rescale=Rescale.load(calibration.path))
+    cache = CacheConfig(TeaCache.fixed(threshold, rescale=Rescale.load(calibration.path)))
     result = generate(pipe, prompt=calibration.prompts[0], cache=cache, seed=0, settings=settings, progress=False)
     steps = result.report["steps"]
     for s in steps[1:]:
@@ -84,7 +87,7 @@ def mag_replay(ratios, threshold, k, retention):
 
 def test_magcache_generation_follows_the_file(pipe, calibration, settings, baseline):
     ratios = calibration.data["mag_ratios"]
-    cache = CacheConfig.from_mode("mag_0.3", mag_ratios=calibration.path)
+    cache = parse_mode("mag_0.3", calibration.path)
     result = generate(pipe, prompt=calibration.prompts[0], cache=cache, seed=0, settings=settings, progress=False)
     steps = result.report["steps"]
     assert [s["computed"] for s in steps] == mag_replay(ratios, 0.3, 2, 0.2)
@@ -103,7 +106,7 @@ def test_generate_command_runs_a_mag_mode(tiny_model_dir, calibration, tmp_path)
                                                 "--mag_ratios", str(calibration.path)])
     assert res.exit_code == 0, res.output
     sidecar = json.loads(video.with_suffix(".json").read_text())
-    assert sidecar["mode"] == "mag_0.3_k3" and sidecar["cache"]["policy"] == "mag"
+    assert sidecar["mode"] == "mag_0.3_k3" and sidecar["cache"]["method"] == "magcache"
     assert sidecar["cache"]["mag_ratios"] == calibration.data["mag_ratios"] and sidecar["skipped_steps"] > 0
     refused = CliRunner().invoke(generate_command, [*common, "--teacache_mode", "mag_0.3"])
     assert refused.exit_code != 0 and "genmo-teacache calibrate" in refused.output

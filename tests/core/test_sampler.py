@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from genmo_teacache.config import CacheConfig
+from genmo_teacache.caches import parse_mode
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
@@ -55,7 +55,7 @@ def test_caching_off_is_bit_identical_to_upstream(pipes, attention, batched, see
     assert torch.equal(base.latents, expected)
     assert base.report.computed_steps == 6 and base.report.dit_calls == (6 if batched else 12)
     # threshold 0 goes through the cached phases and must compute every step, bit for bit
-    zero = ours(pipe, cond, CacheConfig.fixed(0.0), **a)
+    zero = ours(pipe, cond, parse_mode("fixed_0.0"), **a)
     assert zero.report.skipped_steps == 0 and torch.equal(zero.latents, expected)
 
 
@@ -71,7 +71,7 @@ def test_skipped_step_output_is_final_layer_of_x_plus_cached_residual(pipes):
         dit.final_layer.register_forward_pre_hook(lambda m, i: seen["final_in"].append(i[0].clone())),
     ]
     try:
-        res = ours(pipe, conditioning(pipe, False), CacheConfig.fixed(0.3), **args(steps=8))
+        res = ours(pipe, conditioning(pipe, False), parse_mode("fixed_0.3"), **args(steps=8))
     finally:
         for h in hooks:
             h.remove()
@@ -95,7 +95,7 @@ def test_skipped_step_output_is_final_layer_of_x_plus_cached_residual(pipes):
 
 def test_batched_and_unbatched_cfg_decide_alike(pipes):
     pipe = pipes["flash"]
-    cache = CacheConfig.fixed(0.15)
+    cache = parse_mode("fixed_0.15")
     a = args(seed=3, steps=10)
     unbatched = ours(pipe, conditioning(pipe, False), cache, **a).report
     batched = ours(pipe, conditioning(pipe, True), cache, **a).report
@@ -108,7 +108,7 @@ def test_batched_and_unbatched_cfg_decide_alike(pipes):
 def test_generations_in_a_row_start_from_clean_state(pipes):
     pipe = pipes["sdpa"]
     cond = conditioning(pipe, False)
-    cache = CacheConfig.fixed(0.2)
+    cache = parse_mode("fixed_0.2")
     first = ours(pipe, cond, cache, **args(seed=1, steps=8))
     ours(pipe, conditioning(pipe, False, prompt="an astronaut"), cache, **args(seed=2, steps=8))
     again = ours(pipe, cond, cache, **args(seed=1, steps=8))
@@ -120,7 +120,7 @@ def test_caching_changes_the_result_within_reason(pipes):
     pipe = pipes["sdpa"]
     cond = conditioning(pipe, False)
     base = ours(pipe, cond, **args(steps=8))
-    cached = ours(pipe, cond, CacheConfig.fixed(0.3), **args(steps=8))
+    cached = ours(pipe, cond, parse_mode("fixed_0.3"), **args(steps=8))
     assert cached.report.skipped_steps > 0
     diff = (cached.latents - base.latents).abs()
     assert 0 < diff.mean() < base.latents.abs().mean()

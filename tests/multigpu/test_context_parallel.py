@@ -4,7 +4,7 @@ import pytest
 import ray
 import torch
 
-from genmo_teacache.config import CacheConfig
+from genmo_teacache.caches import CacheConfig, parse_mode
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
 from genmo_teacache.parallel import check_divisible
@@ -13,7 +13,7 @@ from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 # 96x64, 13 frames: 3 latent frames of 4x6 patches = 72 tokens; rank 0 holds frames 0 and half of 1, rank 1 the
 # rest, so the two shards see different content and would compute different local indicators.
 SETTINGS = GenerationSettings(width=96, height=64, num_frames=13, num_steps=8)
-CACHE = CacheConfig.fixed(0.15)
+CACHE = parse_mode("fixed_0.15")
 PROMPT = "a red balloon rises over a dark forest"
 
 

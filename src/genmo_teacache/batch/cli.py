@@ -18,8 +18,7 @@ from genmo_teacache.batch.naming import parse_modes
 from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, load_prompts, resolve_prompts_file
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
 from genmo_teacache.batch.state import finished_entries, format_summary, read_logs, summarize
-from genmo_teacache.coefficients import Rescale
-from genmo_teacache.generate import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
+from genmo_teacache.options import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
 
 logger = logging.getLogger(__name__)
 
@@ -155,13 +154,12 @@ def report_result(plan: BatchPlan, result: BatchResult, modes: list[str]) -> Non
 
 def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str | list[str], *,
               num_samples: int, generation_seed: int, start_idx: int, end_idx: int | None, gpu_id: int | None = None,
-              total_gpus: int = 1, num_prompts: int | None = None, teacache_coefficients: str | None = None,
-              mag_ratios: str | None = None) -> tuple[BatchPlan, list[str]]:
+              total_gpus: int = 1, num_prompts: int | None = None,
+              calibration: str | None = None) -> tuple[BatchPlan, list[str]]:
     """Validate everything that can be validated without the model; raise click errors naming the bad value."""
     prompts = load_prompt_list(prompts_file)
     try:
-        rescale = Rescale.load(teacache_coefficients) if teacache_coefficients else None
-        modes = parse_modes(modes_text, rescale=rescale, mag_ratios=mag_ratios)
+        modes = parse_modes(modes_text, calibration)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--modes") from None
     try:
@@ -207,11 +205,11 @@ def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> Bat
               help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
                    "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>).")
-@click.option("--teacache_coefficients", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Rescale polynomial JSON (genmo-teacache calibrate) for the TeaCache modes; default: TeaCache's "
-                   "Mochi fit. The folder name does not record it: use a new --output-dir per calibration.")
-@click.option("--mag_ratios", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Calibration JSON whose magnitude ratios drive the mag_<t> modes.")
+@click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
+              type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Calibration JSON (genmo-teacache calibrate) for the modes whose method takes one (TeaCache: "
+                   "rescale polynomial, default TeaCache's Mochi fit; MagCache: magnitude ratios). The folder name "
+                   "does not record it: use a new --output-dir per calibration.")
 @click.option("--num-samples", "--num_samples", "num_samples", type=click.IntRange(1, MAX_SAMPLES), default=1,
               show_default=True, help="Videos per prompt and mode (VBench: 5 for the full protocol).")
 @click.option("--start-idx", "--start_idx", "start_idx", type=click.IntRange(min=0), default=0, show_default=True,
@@ -245,7 +243,7 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
     plan, modes = make_plan(settings, o["prompts_file"], o["output_dir"], o["modes"], num_samples=o["num_samples"],
                             generation_seed=o["generation_seed"], start_idx=o["start_idx"], end_idx=o["end_idx"],
                             gpu_id=o["gpu_id"], total_gpus=o["total_gpus"],
-                            teacache_coefficients=o["teacache_coefficients"], mag_ratios=o["mag_ratios"])
+                            calibration=o["calibration"])
     result = execute_plan(plan, gen, o)
     if result is None:
         return

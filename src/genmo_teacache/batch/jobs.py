@@ -11,13 +11,8 @@ Sample ``i`` of every prompt uses seed ``generation_seed + i`` in every mode, so
 noise.
 
 Cost model (:func:`estimate_cost`, used for longest-first scheduling and for balancing ``--gpu-id`` shares; only
-ratios matter). A baseline video costs 1.0: :data:`FIXED_COST_SHARE` of it for text encoding and decoding, the rest
-for the denoising steps. Under TeaCache a step is computed when the accumulated, rescaled indicator reaches the
-threshold ``t``; with a typical increment ``r`` (:data:`TYPICAL_INCREMENT`) per step that happens about once every
-``1 + t / r`` steps, so a step is computed with probability ``r / (r + t)`` (at least ``1 / (1 + max_skips)``
-under a skip limit). The first and the last step are always computed. With r = 0.1 this predicts 1.36x for
-``fixed_0.04``, 2.0x for ``fixed_0.12`` and 1.64x for ``adaptive_0.12_0.04`` at 64 steps (reference measurements:
-1.27x, 2.44x, 1.43x): rough, but it orders jobs correctly, which is all scheduling needs.
+ratios matter): a baseline video costs 1.0, :data:`FIXED_COST_SHARE` of it for text encoding and decoding, the rest
+for the denoising forwards, of which each cache method predicts the share it runs (``computed_fraction``).
 """
 
 from __future__ import annotations
@@ -29,11 +24,10 @@ from typing import Any
 
 from genmo_teacache.batch.naming import prompt_stem
 from genmo_teacache.batch.prompts import PromptEntry
-from genmo_teacache.config import CacheConfig
+from genmo_teacache.caches import CacheConfig, parse_mode
 
 MAX_SAMPLES = 5  # VBench's standard mode reads samples 0-4
 FIXED_COST_SHARE = 0.05  # text encoding + decoding, as a share of a baseline video
-TYPICAL_INCREMENT = 0.1  # typical rescaled indicator added to the accumulator per step
 
 VIDEOS = "videos"
 REPORTS = "reports"
@@ -46,19 +40,11 @@ class BatchError(Exception):
     """A problem with the batch's inputs or outputs that the user must fix; the message says what and how."""
 
 
-def computed_fraction(cache: CacheConfig, num_steps: int) -> float:
-    """Expected share of the denoising steps that are computed (1.0 for the baseline); see the module docstring."""
-    if not cache.enabled or num_steps <= 2:
-        return 1.0
-    floor = 0.0 if cache.max_skips is None else 1.0 / (1.0 + cache.max_skips)
-    middle = cache.thresholds(num_steps)[1:-1]
-    expected = sum(max(floor, min(1.0, TYPICAL_INCREMENT / (TYPICAL_INCREMENT + t))) for t in middle)
-    return (2.0 + expected) / num_steps
-
-
 def estimate_cost(cache: CacheConfig, num_steps: int) -> float:
-    """Relative cost of one video; a baseline video costs exactly 1.0."""
-    return FIXED_COST_SHARE + (1.0 - FIXED_COST_SHARE) * computed_fraction(cache, num_steps)
+    """Relative cost of one video; a baseline video costs exactly 1.0. Raises ValueError if the mode cannot run
+    ``num_steps`` steps."""
+    cache.check(num_steps)
+    return FIXED_COST_SHARE + (1.0 - FIXED_COST_SHARE) * cache.computed_fraction(num_steps)
 
 
 @dataclass(frozen=True)
@@ -82,7 +68,7 @@ class Job:
 
     @property
     def cache(self) -> CacheConfig:
-        return self.config if self.config is not None else CacheConfig.from_mode(self.mode)
+        return self.config if self.config is not None else parse_mode(self.mode)
 
     @property
     def video_relpath(self) -> str:

@@ -13,8 +13,7 @@ import hashlib
 import logging
 import re
 
-from genmo_teacache.coefficients import Rescale
-from genmo_teacache.config import CacheConfig
+from genmo_teacache.caches import CacheConfig, parse_mode
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +46,12 @@ def prompt_stem(prompt: str) -> str:
     return f"{clean or 'prompt'}~{digest}"
 
 
-def parse_modes(text: str | list[str] | tuple[str, ...], rescale: Rescale | None = None,
-                mag_ratios: str | None = None) -> list[tuple[str, CacheConfig]]:
+def parse_modes(text: str | list[str] | tuple[str, ...],
+                calibration: str | None = None) -> list[tuple[str, CacheConfig]]:
     """``"baseline,fixed_0.04"`` -> [(mode as written, its CacheConfig), ...] in the order given.
 
-    A mode is any name :meth:`CacheConfig.from_mode` accepts (``mochi_`` prefixes included); its folder keeps the
-    name as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
+    A mode is any name :func:`genmo_teacache.caches.parse_mode` accepts (``mochi_`` prefixes included); its folder
+    keeps the name as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
     """
     items = text.split(",") if isinstance(text, str) else list(text)
     modes: list[tuple[str, CacheConfig]] = []
@@ -63,7 +62,7 @@ def parse_modes(text: str | list[str] | tuple[str, ...], rescale: Rescale | None
             continue
         if not stem_is_safe(mode):
             raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
-        cache = CacheConfig.from_mode(mode, rescale=rescale, mag_ratios=mag_ratios)
+        cache = parse_mode(mode, calibration)
         same = [m for m, c in modes if c == cache]
         if same:
             logger.warning("modes %r and %r are the same cache config (%s): both are generated, in their own folders",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
+from genmo_teacache.caches import is_baseline
 from genmo_teacache.video import TMP_PREFIX, write_json
 
 logger = logging.getLogger(__name__)
@@ -185,14 +186,12 @@ def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
 
     ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``).
     """
-    from genmo_teacache.config import CacheConfig
-
     by_mode: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = {}
     for run in runs:
         by_mode.setdefault(run["mode"], {})[(run["prompt"], run.get("sample", 0))] = run
     order = [m for m in (modes or sorted(by_mode)) if m in by_mode]
     if baseline is None:
-        baseline = next((m for m in order if _is_baseline(m, CacheConfig)), None)
+        baseline = next((m for m in order if is_baseline(m)), None)
     rows = []
     for mode in order:
         mruns = by_mode[mode]
@@ -231,11 +230,6 @@ def _ratio(keys: list[Any], base: dict[Any, dict[str, Any]], mode: dict[Any, dic
     return sum(b for b, _ in pairs) / total if pairs and total > 0 else math.nan
 
 
-def _is_baseline(mode: str, cls: Any) -> bool:
-    try:
-        return not cls.from_mode(mode).enabled
-    except ValueError:
-        return False
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

@@ -21,7 +21,8 @@ import click
 
 from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_json, summarize
-from genmo_teacache.config import DEFAULT_HIGH_STEPS, CacheConfig
+from genmo_teacache.caches import is_baseline
+from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
 from genmo_teacache.video import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tu
     scaled to ``num_steps``)."""
     if high_steps is None:
         high_steps = max(1, DEFAULT_HIGH_STEPS * num_steps // REFERENCE_STEPS)
-    return [(label, CacheConfig.two_phase(high, low, high_steps).name) for label, high, low in REFERENCE_CANDIDATES]
+    return [(label, TeaCache.two_phase(high, low, high_steps).name) for label, high, low in REFERENCE_CANDIDATES]
 
 
 def parse_candidates(text: str) -> list[tuple[str, str]]:
@@ -58,8 +59,7 @@ def parse_candidates(text: str) -> list[tuple[str, str]]:
             continue
         label, sep, mode = item.partition("=")
         label, mode = (label.strip(), mode.strip()) if sep else (item, item)
-        CacheConfig.from_mode(mode)
-        if mode == BASELINE or not CacheConfig.from_mode(mode).enabled:
+        if is_baseline(mode):
             raise ValueError(f"candidate {item!r} is the baseline, which the sweep always runs")
         if label in {lbl for lbl, _ in out} or mode in {m for _, m in out}:
             raise ValueError(f"candidate {item!r} is given twice")

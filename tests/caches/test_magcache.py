@@ -6,13 +6,17 @@ import re
 
 import pytest
 
+from genmo_teacache.caches import parse_mode
+from genmo_teacache.caches.magcache import MagCache, MagCachePolicy
 from genmo_teacache.coefficients import load_mag_ratios, resample_ratios
-from genmo_teacache.config import CacheConfig
-from genmo_teacache.policy import MagCachePolicy, TeaCachePolicy, make_policy
+
+
+def mag(threshold, ratios, **kw):
+    return MagCache(threshold=threshold, mag_ratios=tuple(ratios), **kw)
 
 
 def run(config, num_steps):
-    policy = make_policy(config)
+    policy = config.policy()
     policy.reset(num_steps)
     return [policy.decide(i, 1.0 - i / num_steps, None) for i in range(num_steps)]
 
@@ -23,7 +27,7 @@ def computed(records):
 
 def test_skip_pattern_worked_out_by_hand():
     ratios = [1.0, 1.3, 1.02, 1.02, 1.02, 1.0, 0.9, 1.0, 1.0, 1.0, 1.0, 0.5]
-    recs = run(CacheConfig.mag(0.05, ratios), 12)  # K=2, retention 0.2: floor(2.4) = 2 steps always computed
+    recs = run(mag(0.05, ratios), 12)  # K=2, retention 0.2: floor(2.4) = 2 steps always computed
     # step 1: retention (its ratio 1.3 is never accumulated)
     # step 2: ratio 1.02,                    error 0.02            skip 1
     # step 3: ratio 1.02 * 1.02 = 1.0404,    error 0.02 + 0.0404   > 0.05: compute, start over
@@ -42,15 +46,15 @@ def test_skip_pattern_worked_out_by_hand():
 
 def test_k_and_retention_change_the_pattern():
     ones = [1.0] * 10
-    assert computed(run(CacheConfig.mag(0.0, ones, k=1, retention=0.0), 10)) == [0, 2, 4, 6, 8, 9]
-    assert computed(run(CacheConfig.mag(0.0, ones, k=3, retention=0.0), 10)) == [0, 4, 8, 9]
-    assert computed(run(CacheConfig.mag(0.0, ones, k=3, retention=0.5), 10)) == [0, 1, 2, 3, 4, 8, 9]
+    assert computed(run(mag(0.0, ones, k=1, retention=0.0), 10)) == [0, 2, 4, 6, 8, 9]
+    assert computed(run(mag(0.0, ones, k=3, retention=0.0), 10)) == [0, 4, 8, 9]
+    assert computed(run(mag(0.0, ones, k=3, retention=0.5), 10)) == [0, 1, 2, 3, 4, 8, 9]
     # any change at all exceeds a zero threshold: every step computed
-    assert computed(run(CacheConfig.mag(0.0, [1.0] + [1.01] * 9, retention=0.0), 10)) == list(range(10))
+    assert computed(run(mag(0.0, [1.0] + [1.01] * 9, retention=0.0), 10)) == list(range(10))
 
 
 def test_reset_starts_a_generation_clean():
-    policy = MagCachePolicy(CacheConfig.mag(0.5, [1.0, 1.1, 1.1, 1.1, 1.0]))
+    policy = MagCachePolicy(mag(0.5, [1.0, 1.1, 1.1, 1.1, 1.0]))
     policy.reset(5)
     policy.decide(0, 1.0, None)
     policy.decide(1, 0.8, None)
@@ -63,8 +67,8 @@ def test_ratios_for_another_step_count_are_mapped_by_nearest_index(caplog):
     ratios = (1.0, 1.1, 1.2, 1.3)
     assert resample_ratios(ratios, 4) == ratios
     assert resample_ratios(ratios, 7) == (1.0, 1.0, 1.1, 1.2, 1.2, 1.2, 1.3)  # indices round(i * 0.5), half to even
-    policy = MagCachePolicy(CacheConfig.mag(0.06, ratios, source="cal.json"))
-    with caplog.at_level(logging.WARNING, logger="genmo_teacache.policy"):
+    policy = MagCachePolicy(mag(0.06, ratios, source="cal.json"))
+    with caplog.at_level(logging.WARNING, logger="genmo_teacache.caches.magcache"):
         policy.reset(7)
     assert "calibrated for 4 steps" in caplog.text and "cal.json" in caplog.text
     assert policy.ratios == (1.0, 1.0, 1.1, 1.2, 1.2, 1.2, 1.3)
@@ -73,56 +77,63 @@ def test_ratios_for_another_step_count_are_mapped_by_nearest_index(caplog):
 RATIOS = (1.0, 1.02, 0.98, 1.01)
 
 
-@pytest.mark.parametrize("mode", ["mag_0.06", "mag_0.06_k3", "mag_0.1_r0.1", "mag_0.25_k4_r0.05", "mag_0.0_r0.0"])
-def test_mode_names_round_trip(mode):
-    cfg = CacheConfig.from_mode(mode, mag_ratios=RATIOS)
-    assert cfg.name == mode and cfg.policy == "mag" and cfg.enabled
-    assert CacheConfig.from_mode(cfg.name, mag_ratios=RATIOS) == cfg
-
-
-def test_mode_defaults_and_fields():
-    cfg = CacheConfig.from_mode("mochi_mag_0.06", mag_ratios=RATIOS)
-    assert cfg.name == "mag_0.06" and cfg.max_skips == 2 and cfg.mag_retention == 0.2
-    assert cfg == CacheConfig.mag(0.06, RATIOS) and cfg.thresholds(4) == [0.06] * 4
-    assert CacheConfig.from_mode("mag_0.06_k2_r0.2", mag_ratios=RATIOS).name == "mag_0.06"  # defaults left out
-    policy = make_policy(cfg)
-    assert isinstance(policy, MagCachePolicy) and policy.needs_indicator is False
-    # observe-only runs record TeaCache's indicator whatever the policy
-    assert isinstance(make_policy(cfg, observe_only=True), TeaCachePolicy)
-    d = cfg.to_dict(6)
-    assert {k: d[k] for k in ("mode", "policy", "threshold", "max_skips", "retention")} == {
-        "mode": "mag_0.06", "policy": "mag", "threshold": 0.06, "max_skips": 2, "retention": 0.2}
-    assert d["mag_ratios"] == list(RATIOS) and len(d["mag_ratios_resampled"]) == 6
-    assert "mag_ratios_resampled" not in cfg.to_dict(4)
-    json.dumps(d)
-
-
-def test_ratios_from_a_calibration_file(tmp_path):
+@pytest.fixture
+def cal(tmp_path):
     path = tmp_path / "cal.json"
     path.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0, 0.2], "mag_ratios": list(RATIOS)}))
-    cfg = CacheConfig.from_mode("mag_0.06", mag_ratios=path)
-    assert cfg.mag_ratios == RATIOS and cfg.mag_source == str(path)
-    assert cfg == CacheConfig.from_mode("mag_0.06", mag_ratios=RATIOS)  # where they came from is not identity
-    assert CacheConfig.from_mode("fixed_0.1", mag_ratios=path) == CacheConfig.fixed(0.1)  # TeaCache ignores them
+    return path
+
+
+@pytest.mark.parametrize("mode", ["mag_0.06", "mag_0.06_k3", "mag_0.1_r0.1", "mag_0.25_k4_r0.05", "mag_0.0_r0.0"])
+def test_mode_names_round_trip(mode, cal):
+    cfg = parse_mode(mode, cal)
+    assert cfg.name == mode and isinstance(cfg.method, MagCache) and cfg.enabled
+    assert parse_mode(cfg.name, cal) == cfg
+
+
+def test_mode_defaults_and_fields(cal):
+    cfg = parse_mode("mochi_mag_0.06", cal).method
+    assert cfg.name == "mag_0.06" and cfg.k == 2 and cfg.retention == 0.2
+    assert cfg == mag(0.06, RATIOS)
+    assert parse_mode("mag_0.06_k2_r0.2", cal).name == "mag_0.06"  # defaults left out
+    assert cfg.indicator == "none"
+    d = cfg.to_dict(6)
+    assert {k: d[k] for k in ("mode", "method", "threshold", "max_skips", "retention")} == {
+        "mode": "mag_0.06", "method": "magcache", "threshold": 0.06, "max_skips": 2, "retention": 0.2}
+    assert d["mag_ratios"] == list(RATIOS) and len(d["mag_ratios_resampled"]) == 6
+    assert "mag_ratios_resampled" not in cfg.to_dict(4)
+    assert "mapped onto 6" in cfg.check(6)[0] and cfg.check(4) == []
+    json.dumps(d)
+    assert parse_mode("mag_0.06", cal).with_method_options(max_skips=4).name == "mag_0.06_k4"
+
+
+def test_ratios_from_a_calibration_file(cal):
+    cfg = parse_mode("mag_0.06", cal).method
+    assert cfg.mag_ratios == RATIOS and cfg.source == str(cal)
+    assert cfg == mag(0.06, RATIOS)  # where they came from is not identity
 
 
 def test_missing_ratios_say_how_to_get_them():
-    with pytest.raises(ValueError, match=r"mode mag_0.06 needs .*genmo-teacache calibrate.*--mag_ratios"):
-        CacheConfig.from_mode("mag_0.06")
+    with pytest.raises(ValueError, match=r"mode mag_0.06 needs .*genmo-teacache calibrate.*--calibration"):
+        parse_mode("mag_0.06")
 
 
-@pytest.mark.parametrize("mode, ratios, fragment", [
-    ("mag_0.06_k0", RATIOS, "max_skips=0"),
-    ("mag_0.06_r1.0", RATIOS, "retention 1.0 must be in [0, 1)"),
-    ("mag_-0.1", RATIOS, "unknown mode"),
-    ("mag_0.06-max3", RATIOS, "no -max/-noguard suffix"),
-    ("mag_0.06", (1.0, -1.0), "step 1 has -1.0"),
-    ("mag_0.06", (1.0,), "at least 2 numbers"),
-    ("mag_0.06", (1.0, float("nan")), "step 1 has nan"),
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(k=0), "K=0"),
+    (dict(retention=1.0), "retention 1.0 must be in [0, 1)"),
+    (dict(mag_ratios=(1.0, -1.0)), "step 1 has -1.0"),
+    (dict(mag_ratios=(1.0,)), "at least 2 numbers"),
+    (dict(mag_ratios=(1.0, float("nan"))), "step 1 has nan"),
 ])
-def test_bad_mag_configs_name_the_value(mode, ratios, fragment):
+def test_bad_mag_configs_name_the_value(kw, fragment):
     with pytest.raises(ValueError, match=re.escape(fragment)):
-        CacheConfig.from_mode(mode, mag_ratios=ratios)
+        MagCache(**{"threshold": 0.06, "mag_ratios": RATIOS, **kw})
+
+
+@pytest.mark.parametrize("mode, fragment", [("mag_-0.1", "not a MagCache mode"), ("mag_0.06-max3", "not a MagCache")])
+def test_bad_mag_modes_name_the_mode(mode, fragment, cal):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        parse_mode(mode, cal)
 
 
 def test_bad_ratio_files(tmp_path):
@@ -132,5 +143,3 @@ def test_bad_ratio_files(tmp_path):
     no_ratios.write_text('{"coefficients": [1.0, 0.0], "x_range": [0, 0.2]}')
     with pytest.raises(ValueError, match="has no 'mag_ratios' list"):
         load_mag_ratios(no_ratios)
-    with pytest.raises(ValueError, match="one threshold for all steps"):
-        CacheConfig(policy="mag", schedule=((4, 0.1), (None, 0.2)), mag_ratios=RATIOS)

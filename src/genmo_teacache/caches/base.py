@@ -1,0 +1,195 @@
+"""What every cache method declares, and what its policy records.
+
+A method is one module in this package: a frozen config dataclass (subclass of :class:`Method`) that parses and
+prints its mode names, validates itself, says which indicator the sampler must measure for it and which part of
+the computation a skipped step reuses, and makes its policy. A policy is pure Python on the numbers the sampler
+hands in (no tensors, no genmo import): ``reset`` at the start of a generation, ``decide`` once per denoising
+step, and ``observe`` after a computed step for methods that learn from it (EasyCache).
+
+Indicators (what the sampler measures before the decision, summed over CFG branches and context-parallel ranks):
+
+=========================  ==========================================================================================
+``none``                   nothing: the policy decides from the step index (MagCache's calibrated ratios)
+``modulated_input``        relative L1 change of block 0's modulated input from the previous step (TeaCache)
+``first_block_residual``   relative L1 change of block 0's residual from the previous step (first-block cache)
+``model_io``               the DiT's input change from the previous step over the last computed output's magnitude,
+                           and after each computed step the output-over-input change rate (EasyCache)
+=========================  ==========================================================================================
+
+Reuse points (what a skipped step adds to what, per CFG branch; cached in fp32 at every computed step):
+
+=====================  ==============================================================================================
+``blocks``             embedded tokens + cached residual of all blocks; the final layer runs with this step's
+                       modulation
+``after_first_block``  block 0's output + cached residual of blocks 1..N; block 0 and the final layer run
+``model``              DiT input latent + cached (output - input): nothing of the DiT runs
+=====================  ==============================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
+
+NONE, MODULATED_INPUT, FIRST_BLOCK_RESIDUAL, MODEL_IO = "none", "modulated_input", "first_block_residual", "model_io"
+INDICATORS = (NONE, MODULATED_INPUT, FIRST_BLOCK_RESIDUAL, MODEL_IO)
+BLOCKS, AFTER_FIRST_BLOCK, MODEL = "blocks", "after_first_block", "model"
+REUSE_POINTS = (BLOCKS, AFTER_FIRST_BLOCK, MODEL)
+
+NUM = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"  # a non-negative number as mode names write it
+
+
+def fmt(value: float) -> str:
+    """A number as mode names write it: ``repr`` of the float, so names round-trip exactly."""
+    return repr(float(value))
+
+
+def check_threshold(value: float, where: str = "") -> float:
+    """``value`` as a float; raises ValueError naming it unless it is finite and >= 0."""
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"threshold {value}{where} must be a finite number >= 0")
+    return value
+
+
+@dataclass
+class StepRecord:
+    """One denoising step as the policy saw it.
+
+    ``reason``: first, last, threshold, skip, max_skips, out_of_range, no_cache (baseline), observe (indicator
+    recorded, skipping off), warmup / retention (steps a method always computes), pattern (benchmarks).
+    ``raw`` is the indicator the sampler measured (None on the first step or for indicator ``none``), ``rescaled``
+    what the policy made of it, ``accumulated`` the policy's running sum when it decided.
+    """
+
+    step: int
+    sigma: float
+    threshold: float
+    raw: float | None
+    rescaled: float | None
+    accumulated: float
+    computed: bool
+    reason: str
+    # observe-only runs (calibration): relative L1 change of the blocks' residual (sum over branches) and the
+    # ratio of its mean magnitude to the previous step's
+    residual_change: float | None = None
+    residual_ratio: float | None = None
+    mag_ratio: float | None = None  # MagCache: the calibrated magnitude ratio this step used
+    rate: float | None = None  # EasyCache: the transformation rate k in force when it decided
+    # which CFG branches ran the DiT this step (filled by the sampler; a CFG-cache modifier may drop one)
+    branches: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Policy(Protocol):
+    def reset(self, num_steps: int) -> None: ...
+
+    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord: ...
+
+
+class Method:
+    """Base of every method's frozen config dataclass. Subclasses set the class attributes and implement
+    ``parse``, ``name``, ``policy`` and ``computed_fraction``; ``to_dict`` adds their fields."""
+
+    key: ClassVar[str]  # the method's name in sidecars and tables ("teacache", "magcache", ...)
+    prefixes: ClassVar[tuple[str, ...]]  # mode-name prefixes it parses ("fixed_", "adaptive_", ...)
+    syntax: ClassVar[str]  # its mode grammar, for error messages
+    indicator: ClassVar[str] = NONE
+    reuse: ClassVar[str] = BLOCKS
+    compare_with_last_computed: ClassVar[bool] = False  # indicator against the last computed step, not the previous
+    uses_calibration: ClassVar[bool] = False  # reads a calibration file (genmo-teacache calibrate)
+    enabled: ClassVar[bool] = True
+
+    @classmethod
+    def parse(cls, name: str, calibration: Any = None) -> Method:
+        """The config a mode name (without ``mochi_`` and modifiers) describes; ValueError naming it if malformed.
+        ``calibration`` is a :class:`genmo_teacache.coefficients.Calibration` or None."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def policy(self) -> Policy:
+        raise NotImplementedError
+
+    def computed_fraction(self, num_steps: int) -> float:
+        """Expected share of the denoising steps computed (1.0 for the baseline): batch's cost model."""
+        raise NotImplementedError
+
+    def check(self, num_steps: int) -> list[str]:
+        """Raise ValueError if the config cannot run ``num_steps`` steps; return warnings for what it will not do."""
+        return []
+
+    def fields(self, num_steps: int | None = None) -> dict[str, Any]:
+        return {}
+
+    def with_options(self, *, max_skips: int | None = None, range_guard: bool = True) -> Method:
+        """The generic command-line overrides: at most ``max_skips`` consecutive skips, the range guard on or off.
+        A method applies those it has and ignores the others."""
+        return self
+
+    def to_dict(self, num_steps: int | None = None) -> dict[str, Any]:
+        return {"mode": self.name, "method": self.key, **self.fields(num_steps)}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Modifier:
+    """Base of a modifier's frozen config dataclass: something any method can take, written as a ``+<name>``
+    suffix of the mode name (``fixed_0.06+cfg``, ``easycache_0.05+taylor1``). ``state()`` makes the per-generation
+    object the sampler drives (see :class:`ModifierState`)."""
+
+    key: ClassVar[str]  # "cfgcache", "taylor", ...
+    prefixes: ClassVar[tuple[str, ...]]  # what its suffix starts with ("cfg", "taylor")
+    syntax: ClassVar[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Modifier:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def state(self) -> ModifierState:
+        raise NotImplementedError
+
+    def extra_forward_fraction(self, num_steps: int) -> float:
+        """Batch's cost model: the share of a computed step's DiT forwards this modifier removes (0 by default)."""
+        return 0.0
+
+    def fields(self) -> dict[str, Any]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modifier": self.key, "name": self.name, **self.fields()}
+
+
+class ModifierState:
+    """What a modifier may change in the sampler, per generation; the defaults change nothing.
+
+    * ``run_branches``: on a computed step, the CFG branches that run the DiT (a CFG cache drops ``uncond``);
+    * ``fill``: afterwards, put the outputs of branches that did not run into ``outputs`` (and learn from those that
+      did); called on every step with the branches that ran (none on a skipped step);
+    * ``history``: how many cached values (the reused quantity of past computed steps) the sampler keeps per branch,
+      newest last, and ``estimate``: what a skipped step reuses, from that history (forecasting).
+    """
+
+    history: int = 1
+
+    def reset(self, num_steps: int, sigmas: list[float]) -> None:
+        pass
+
+    def run_branches(self, step: int, branches: list[str]) -> list[str]:
+        return branches
+
+    def fill(self, step: int, outputs: dict, ran: list[str]) -> None:
+        pass
+
+    def estimate(self, step: int, history: list) -> Any:
+        return history[-1][1]

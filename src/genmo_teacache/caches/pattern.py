@@ -1,0 +1,36 @@
+"""A fixed set of computed steps, whatever the indicator says: for benchmarks that need the same skip pattern on
+every run and every device (random weights make threshold decisions meaningless). The sampler still measures the
+indicator of the method it stands in for and reuses what that method reuses, so a skipped step costs what that
+method's skip costs."""
+
+from __future__ import annotations
+
+from genmo_teacache.caches.base import Method, StepRecord
+from genmo_teacache.caches.teacache import TeaCache
+
+
+class PatternPolicy:
+    def __init__(self, computed_steps: set[int] | list[int], name: str = "pattern", method: Method | None = None):
+        self.computed = set(computed_steps)
+        self.name = name
+        self.method = method or TeaCache.fixed(0.0)
+
+    @classmethod
+    def skipping(cls, num_steps: int, fraction: float, method: Method | None = None) -> PatternPolicy:
+        """Skip ``round(fraction * num_steps)`` steps spread evenly; the first and last step are computed."""
+        n_skip = min(round(fraction * num_steps), num_steps - 2)
+        inner = list(range(1, num_steps - 1))
+        skipped = {inner[round(i * (len(inner) - 1) / max(n_skip - 1, 1))] for i in range(n_skip)} if n_skip else set()
+        while len(skipped) < n_skip:  # rounding collisions: take the next free step
+            skipped.add(next(s for s in inner if s not in skipped))
+        return cls(set(range(num_steps)) - skipped, name=f"skip{round(100 * fraction)}pct", method=method)
+
+    def reset(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
+        computed = step in self.computed or step in (0, self.num_steps - 1)
+        return StepRecord(step, sigma, 0.0, raw, None, 0.0, computed, "pattern" if computed else "skip")
+
+    def describe(self) -> dict:
+        return {"mode": self.name, "method": "pattern", "as": self.method.key, "computed": sorted(self.computed)}

@@ -1,0 +1,112 @@
+"""The contract every registered cache method keeps, on the tiny model with the real upstream classes (as
+diffusers' CacheTesterMixin does for its hooks). Adding a method: add its entry to CONTRACT (a mode that can skip
+on the tiny model, and its "threshold 0" that computes every step); the two-rank part is in tests/multigpu."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from genmo_teacache.caches import METHODS, parse_mode
+from genmo_teacache.generate import GenerationSettings
+from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
+from genmo_teacache.sampler import sample_model
+
+# method key -> (a mode that skips some steps of an 8-step tiny run, its equivalent of threshold 0)
+CONTRACT = {
+    "baseline": ("baseline", "baseline"),
+    "teacache": ("fixed_0.3", "fixed_0.0"),
+    "magcache": ("mag_0.1_r0.0", "mag_0.0"),
+}
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    """A calibration file for the methods that take one (magnitude ratios a few percent from 1)."""
+    path = tmp_path_factory.mktemp("cal") / "cal.json"
+    ratios = [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, STEPS)]
+    path.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0.0, 1.0], "mag_ratios": ratios}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_model_dir):
+    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
+            for mode in ("sdpa", "flash")}
+
+
+def conditioning(pipe, batched, prompt="a red car drives through the snowy city"):
+    from genmo.mochi_preview.pipelines import get_conditioning
+
+    with torch.inference_mode():
+        return get_conditioning(pipe.tokenizer, pipe.text_encoder, pipe.device, batched, prompt=prompt,
+                                negative_prompt="")
+
+
+def sample(pipe, cond, cache, seed=0):
+    args = GenerationSettings(width=64, height=64, num_frames=7, num_steps=STEPS).sampler_args(seed)
+    with torch.inference_mode():
+        return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **args)
+
+
+def decisions(result):
+    return [r.computed for r in result.report.steps]
+
+
+def test_every_registered_method_is_under_contract():
+    assert {m.key for m in METHODS} == set(CONTRACT)
+
+
+@pytest.mark.parametrize("key", list(CONTRACT))
+def test_mode_names_round_trip(key, calibration):
+    for mode in CONTRACT[key]:
+        config = parse_mode(mode, calibration)
+        assert config.method.key == key and config.name == mode
+        assert parse_mode(config.name, calibration) == config == parse_mode(f"mochi_{mode}", calibration)
+
+
+@pytest.mark.parametrize("key", list(CONTRACT))
+def test_zero_threshold_computes_every_step_bit_identical_to_the_baseline(key, pipes, calibration):
+    pipe = pipes["sdpa"]
+    cond = conditioning(pipe, False)
+    base = sample(pipe, cond, parse_mode("baseline"))
+    zero = sample(pipe, cond, parse_mode(CONTRACT[key][1], calibration))
+    assert all(decisions(zero)) and zero.report.dit_calls == 2 * STEPS
+    assert torch.equal(zero.latents, base.latents)
+
+
+@pytest.mark.parametrize("key", list(CONTRACT))
+def test_first_and_last_steps_computed_and_the_report_is_json(key, pipes, calibration):
+    pipe = pipes["sdpa"]
+    result = sample(pipe, conditioning(pipe, False), parse_mode(CONTRACT[key][0], calibration))
+    steps = decisions(result)
+    assert steps[0] and steps[-1]
+    if key != "baseline":
+        assert not all(steps), "the contract's mode should skip on the tiny model"
+    report = json.loads(json.dumps(result.report.to_dict()))
+    assert report["mode"] == CONTRACT[key][0] and report["cache"]["method"] == key
+    assert report["dit_calls"] == sum(len(s["branches"]) for s in report["steps"])
+
+
+@pytest.mark.parametrize("key", list(CONTRACT))
+def test_reset_isolates_generations(key, pipes, calibration):
+    """A, then B (another prompt and seed), then A again: A's latents and decisions come back exactly."""
+    pipe = pipes["sdpa"]
+    cache = parse_mode(CONTRACT[key][0], calibration)
+    cond_a, cond_b = conditioning(pipe, False), conditioning(pipe, False, "an astronaut rides a horse")
+    first = sample(pipe, cond_a, cache)
+    sample(pipe, cond_b, cache, seed=3)
+    again = sample(pipe, cond_a, cache)
+    assert decisions(again) == decisions(first) and torch.equal(again.latents, first.latents)
+
+
+@pytest.mark.parametrize("key", list(CONTRACT))
+def test_batched_and_unbatched_cfg_decide_alike(key, pipes, calibration):
+    pipe = pipes["flash"]  # varlen attention: batched CFG runs on CPU too
+    cache = parse_mode(CONTRACT[key][0], calibration)
+    unbatched = sample(pipe, conditioning(pipe, False), cache)
+    batched = sample(pipe, conditioning(pipe, True), cache)
+    assert decisions(batched) == decisions(unbatched)
+    assert batched.report.dit_calls * 2 == unbatched.report.dit_calls
