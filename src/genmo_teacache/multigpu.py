@@ -33,9 +33,9 @@ import torch.distributed as dist  # noqa: E402
 from genmo.lib.progress import progress_bar  # noqa: E402
 from genmo.mochi_preview import pipelines as up  # noqa: E402
 
-from genmo_teacache.config import CacheConfig  # noqa: E402
+from genmo_teacache.caches import CacheConfig  # noqa: E402
 from genmo_teacache.parallel import check_divisible  # noqa: E402
-from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline  # noqa: E402
+from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +47,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def fsdp_wrap(model: nn.Module, device: torch.device, auto_wrap_policy) -> nn.Module:
-    """Upstream's ``setup_fsdp_sync`` with one change: root forward inputs are not cast to the parameter dtype.
-    Upstream only ever passes fp32 tensors to the root (so nothing changes for it), but our sampler passes the
-    phases' bf16 activations through the root forward, and casting them to fp32 would change the numerics
-    away from the single-GPU result. On CPU, FSDP cannot sync weights from rank 0 (that needs GPUs): every CPU
-    rank loads the weights instead."""
-    from torch.distributed.fsdp import BackwardPrefetch, MixedPrecision, ShardingStrategy
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    model = FSDP(
-        model,
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
-        mixed_precision=MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32,
-                                       buffer_dtype=torch.float32, cast_root_forward_inputs=False),
-        auto_wrap_policy=auto_wrap_policy,
-        backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
-        limit_all_gathers=True,
-        device_id=device if device.type == "cpu" else device.index,
-        sync_module_states=device.type == "cuda",
-        use_orig_params=True,
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return model
 
 
 def replicate_block0_modulation(dit: nn.Module) -> None:

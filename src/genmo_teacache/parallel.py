@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+DECODER_CONTEXT_FRAMES = 2  # the decoder's causal temporal convolutions (kernel 3) look 2 latent frames back
+
 
 def check_divisible(world_size: int, *, num_heads: int, width: int, height: int, num_frames: int,
                     patch_size: int = 2) -> None:
@@ -14,3 +16,11 @@ def check_divisible(world_size: int, *, num_heads: int, width: int, height: int,
     if tokens % world_size:
         raise ValueError(f"{tokens} visual tokens ({num_frames} frames, {width}x{height}) do not divide over "
                          f"{world_size} ranks: change --num_gpus or the video size")
+    # the VAE decoder splits the latent frames over the ranks (torch.tensor_split) and every rank but the last
+    # passes its last DECODER_CONTEXT_FRAMES frames on to the next one (upstream vae/cp_conv.py)
+    chunks = [latent_t // world_size + (1 if r < latent_t % world_size else 0) for r in range(world_size)]
+    if min(chunks[:-1], default=DECODER_CONTEXT_FRAMES) < DECODER_CONTEXT_FRAMES or chunks[-1] < 1:
+        need = 6 * DECODER_CONTEXT_FRAMES * (world_size - 1) + 1  # latent frames 2, 2, ..., 2, 1
+        raise ValueError(f"{num_frames} frames are {latent_t} latent frames, which the VAE decoder cannot split over "
+                         f"{world_size} ranks ({chunks}: each rank but the last needs {DECODER_CONTEXT_FRAMES}): "
+                         f"use at least {need} frames or fewer --num_gpus")

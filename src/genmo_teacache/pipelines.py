@@ -32,10 +32,11 @@ from genmo.mochi_preview.vae.models import (  # noqa: E402
     decode_latents_tiled_spatial,
 )
 
-from genmo_teacache.config import CacheConfig  # noqa: E402
-from genmo_teacache.model import TeaCacheAsymmDiTJoint  # noqa: E402
+from genmo_teacache.caches import CacheConfig  # noqa: E402
+from genmo_teacache.model import TeaCacheAsymmDiTJoint, init_random_dit  # noqa: E402
 from genmo_teacache.sampler import CacheReport, sample_model  # noqa: E402
 from genmo_teacache.speed import SpeedOptions, apply_speed_options  # noqa: E402
+from genmo_teacache.weights import RANDOM_WEIGHTS_KEY, check_model_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ FULL_DECODER_KWARGS: dict[str, Any] = dict(
     output_nonlinearity="silu", causal=True,
 )
 T5_HUB_ID = up.T5_MODEL
-RANDOM_WEIGHTS_KEY = "random_weights"  # in dit_config.json: build the DiT with random weights (benchmarks)
 
 
 def dit_kwargs(overrides: dict[str, Any] | None = None, attention_mode: str = "sdpa") -> dict[str, Any]:
@@ -83,6 +83,33 @@ def resolve_attention_mode(attention_mode: str | None) -> str:
 
 def _device_of(device_id: int | str) -> torch.device:
     return torch.device(f"cuda:{device_id}") if isinstance(device_id, int) else torch.device("cpu")
+
+
+def fsdp_wrap(model: torch.nn.Module, device: torch.device, auto_wrap_policy) -> torch.nn.Module:
+    """Upstream's ``setup_fsdp_sync`` with one change: root forward inputs are not cast to the parameter dtype.
+    Upstream only ever passes fp32 tensors to the root (so nothing changes for it), but our sampler passes the
+    phases' bf16 activations through the root forward, and casting them to fp32 would change the numerics
+    away from the single-GPU result. On CPU, FSDP cannot sync weights from rank 0 (that needs GPUs): every CPU
+    rank loads the weights instead."""
+    from torch.distributed.fsdp import BackwardPrefetch, MixedPrecision, ShardingStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = FSDP(
+        model,
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        mixed_precision=MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32,
+                                       buffer_dtype=torch.float32, cast_root_forward_inputs=False),
+        auto_wrap_policy=auto_wrap_policy,
+        backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
+        limit_all_gathers=True,
+        device_id=device if device.type == "cpu" else device.index,
+        sync_module_states=device.type == "cuda",
+        use_orig_params=True,
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return model
+
 
 
 class TeaCacheDitModelFactory(up.DitModelFactory):
@@ -138,15 +165,11 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
     def _fsdp(model, device_id, fsdp):
         policy = partial(up.lambda_auto_wrap_policy, lambda_fn=lambda m: m in model.blocks)
         if fsdp is None:  # upstream's setup, minus the root input cast that would change our phases' numerics
-            from genmo_teacache.multigpu import fsdp_wrap
-
             fsdp = partial(fsdp_wrap, device=_device_of(device_id))
         return fsdp(model, auto_wrap_policy=policy)
 
     def _random_model(self, args, device_id, world_size, fsdp):
         """The architecture with random weights (seed 0 on every rank), built on its device: timing only."""
-        from genmo_teacache.tiny import init_random_dit
-
         log.warning("DiT with RANDOM weights (%s): for timing only, its videos are noise", RANDOM_WEIGHTS_KEY)
         device = _device_of(device_id)
         torch.manual_seed(0)
@@ -188,14 +211,8 @@ def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None,
     The text encoder comes from ``text_encoder_dir``, else ``{model_dir}/text_encoder`` if present, else the
     hub id upstream uses (google/t5-v1_1-xxl)."""
     model_dir = Path(model_dir)
+    check_model_dir(model_dir, text_encoder_dir=text_encoder_dir, lora_path=lora_path)
     dit_config = read_model_config(model_dir, "dit_config.json")
-    needed = ["decoder.safetensors"] + ([] if dit_config.get(RANDOM_WEIGHTS_KEY) else ["dit.safetensors"])
-    for name in needed:
-        if not (model_dir / name).exists():
-            raise FileNotFoundError(
-                f"{model_dir / name} not found: --model_dir must be a Mochi weights directory holding "
-                f"dit.safetensors and decoder.safetensors (or run `genmo-teacache make-tiny-model DIR`)"
-            )
     if text_encoder_dir is None and (model_dir / "text_encoder").is_dir():
         text_encoder_dir = str(model_dir / "text_encoder")
     return dict(

@@ -15,12 +15,19 @@ video writing) runs on a CPU in seconds. Real weights have no config files and g
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
+
+from genmo_teacache.cachedir import cache_dir, file_lock
+
+log = logging.getLogger(__name__)
 
 TINY_DIT_KWARGS: dict[str, Any] = dict(
     depth=2,
@@ -45,21 +52,6 @@ The camera pans slowly over snowy mountains, rivers, forests, city streets at ni
 Astronaut flying in space, 4k, high resolution, cinematic, zoom in. Vincent van Gogh style, oil painting.
 0123456789 quick brown fox jumps over the lazy dog; QUICK BROWN FOX JUMPS OVER THE LAZY DOG!?,.-'"()
 """
-
-
-def init_random_dit(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Initialise what upstream leaves empty (``RMSNorm.weight``, ``pos_frequencies``) so a randomly initialised
-    DiT gives finite outputs. Other parameters keep PyTorch's default initialisation."""
-    from genmo.mochi_preview.dit.joint_model.layers import RMSNorm
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
-        pf = model.pos_frequencies
-        pf.copy_(torch.rand(pf.shape, generator=gen, device="cpu") * 0.5)
-    return model
 
 
 def _write_text_encoder(out: Path, seed: int) -> None:
@@ -101,7 +93,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
     written; for timing the real architecture with the tiny text encoder and decoder)."""
     from safetensors.torch import save_file
 
-    from genmo_teacache.model import AsymmDiTJoint
+    from genmo_teacache.model import AsymmDiTJoint, init_random_dit
     from genmo_teacache.pipelines import decoder_kwargs, dit_kwargs
 
     out = Path(out_dir)
@@ -124,7 +116,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
     _write_text_encoder(out / "text_encoder", seed)
     (out / "generation_defaults.json").write_text(json.dumps(TINY_GENERATION_DEFAULTS, indent=2) + "\n")
     if full_size_random_dit:
-        from genmo_teacache.pipelines import RANDOM_WEIGHTS_KEY
+        from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
 
         (out / "dit.safetensors").unlink()
         (out / "generation_defaults.json").unlink()
@@ -134,6 +126,26 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
         "It is UNTRAINED and produces noise: it exists to run the pipeline end to end on a CPU.\n"
     )
     return out
+
+
+DEMO_MODEL = "tiny_model"  # folder of the demo default inside the cache folder
+
+
+def default_model_dir() -> Path:
+    """The tiny random demo model in the user cache folder, made on first use (atomically: a run killed while
+    making it leaves nothing that looks finished) and reused afterwards."""
+    root = cache_dir()
+    path = root / DEMO_MODEL
+    with file_lock(root / f"{DEMO_MODEL}.lock"):
+        if not (path / "README.txt").exists():
+            log.info("making the tiny demo model in %s (once; about 10 s)", path)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_MODEL}-", dir=root))
+            make_tiny_model(tmp, overwrite=True)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.rename(path)
+    log.warning("No --model_dir: using the tiny RANDOM demo model in %s. It is untrained and makes noise; for real "
+                "videos pass --model_dir WEIGHTS (a Mochi 1 weights directory, see the README).", path)
+    return path
 
 
 @click.command("make-tiny-model")

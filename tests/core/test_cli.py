@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from genmo_teacache.generate import generate_command
+from genmo_teacache.generate_cli import generate_command
 from genmo_teacache.video import read_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,11 +77,6 @@ def test_bad_input_fails_before_loading_with_the_value_named(tiny_model_dir, ext
     assert "Timing load_dit" not in res.output  # refused before any model loads
 
 
-def test_missing_model_dir_is_explained(tmp_path):
-    res = CliRunner().invoke(generate_command, ["--model_dir", str(tmp_path), "--no_teacache"])
-    assert res.exit_code == 1 and "dit.safetensors" in res.output and "make-tiny-model" in res.output
-
-
 def test_atomic_writes_leave_usual_permissions(tmp_path):
     import os
 
@@ -91,3 +86,73 @@ def test_atomic_writes_leave_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_default_mode_runs_at_the_tiny_models_16_steps(tiny_model_dir, tmp_path):
+    """No cache option: the default adaptive_0.12_0.04 (high phase 34 steps) runs at 16 steps, cut there as the
+    reference does, and says so in the output and the sidecar."""
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--out_dir", str(tmp_path),
+                                                "--width", "64", "--height", "64", "--num_frames", "7"])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert sidecar["mode"] == "adaptive_0.12_0.04" and sidecar["cache"]["thresholds"] == [0.12] * 16
+    assert sidecar["cache"]["effective_schedule"] == [{"steps": 16, "threshold": 0.12}]
+    (warning,) = sidecar["warnings"]
+    assert "never start" in warning and "never start" in res.output
+
+
+def test_delta_temni_with_the_baseline(tiny_model_dir, tmp_path):
+    """--no_teacache --delta_temni_plot records the indicator of an uncached run (it crashed after loading)."""
+    video = tmp_path / "base.mp4"
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), *SMALL, "--no_teacache",
+                                                "--delta_temni_plot", "--save_file", str(video)])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert sidecar["mode"] == "baseline" and sidecar["computed_steps"] == 8 and sidecar["cache"]["observe_only"]
+    values = (tmp_path / "base_delta_TEMNI.txt").read_text().split()
+    assert len(values) == 8 and all(math.isfinite(float(v)) for v in values[1:])
+    assert (tmp_path / "base_delta_TEMNI_plot.png").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num_gpus", "0"], "0: use a positive number of GPUs"),
+    (["--num_gpus", "-2"], "-2: use a positive number of GPUs"),
+    (["--device", "cpu", "--num_gpus", "2", "--num_frames", "1"], "cannot split over 2 ranks"),
+    (["--device", "cpu", "--num_gpus", "4", "--num_frames", "13"], "use at least 37 frames"),
+    (["--teacache_mode", "fixed_0.1-max2-max3"], "twice"),
+    (["--cache_mode", "fixed_0.1", "--teacache_thresh", "0.2"], "give one way"),
+])
+def test_bad_parallel_and_mode_options_are_refused_before_loading(tiny_model_dir, extra, message):
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), *extra])
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert "Timing load" not in res.output
+
+
+def test_help_says_where_defaults_come_from():
+    res = CliRunner().invoke(generate_command, ["--help"], terminal_width=200)
+    assert res.exit_code == 0
+    assert "64, or the model's generation_defaults.json" in res.output  # not a bare full-size 64
+    assert "output_<unix time>_<job index>_<mode>.mp4" in res.output
+
+
+def test_no_model_dir_runs_the_tiny_demo_model(tmp_path, monkeypatch):
+    """Issue 16: without --model_dir the demo makes the tiny random model in the cache folder on first use (here a
+    temporary one, through GENMO_TEACACHE_CACHE), says it is random, and reuses it."""
+    monkeypatch.setenv("GENMO_TEACACHE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "demos" / "cli_teacache.py"), "--out_dir", str(out),
+           "--width", "64", "--height", "64", "--num_frames", "7", "--num_steps", "6"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "tiny RANDOM demo model" in first.stderr and "--model_dir" in first.stderr
+    model = tmp_path / "cache" / "tiny_model"
+    assert (model / "dit.safetensors").exists() and (model / "text_encoder" / "spiece.model").exists()
+    (video,) = out.glob("*.mp4")
+    assert read_video(video).shape == (7, 64, 64, 3)
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert sidecar["arguments"]["model_dir"] == str(model) and sidecar["mode"] == "adaptive_0.12_0.04"
+    stamp = (model / "dit.safetensors").stat().st_mtime_ns
+    second = subprocess.run([*cmd, "--no_teacache"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "making the tiny demo model" in first.stderr and "making the tiny demo model" not in second.stderr
+    assert (model / "dit.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt

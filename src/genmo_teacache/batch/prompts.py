@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genmo_teacache.cachedir import cache_dir
+
 logger = logging.getLogger(__name__)
 
 VBENCH_VERSION = "0.1.5"
@@ -198,12 +200,6 @@ def load_prompts(path: str | os.PathLike) -> list[PromptEntry]:
 
 
 # -- the VBench subset -----------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """$GENMO_TEACACHE_CACHE, else ~/.cache/genmo_teacache."""
-    env = os.environ.get("GENMO_TEACACHE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "genmo_teacache"
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

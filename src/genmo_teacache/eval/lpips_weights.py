@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genmo_teacache.eval.cache import cache_dir, file_lock
+from genmo_teacache.cachedir import cache_dir, file_lock
 from genmo_teacache.video import atomic_path
 
 logger = logging.getLogger(__name__)

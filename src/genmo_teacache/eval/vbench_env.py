@@ -29,7 +29,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from genmo_teacache.eval.cache import cache_dir, file_lock
+from genmo_teacache.cachedir import cache_dir, file_lock
 
 logger = logging.getLogger(__name__)
 

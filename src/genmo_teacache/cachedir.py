@@ -1,4 +1,6 @@
-"""Where downloaded and converted evaluation assets live (LPIPS backbone weights, the VBench environment)."""
+"""The user cache folder ($GENMO_TEACACHE_CACHE, else ~/.cache/genmo_teacache): LPIPS weights, the VBench
+environment, the tiny demo model, the vbench wheel; and a file lock so that two processes never build one asset
+at once."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""The ``generate`` command (``genmo-teacache generate`` = ``demos/cli_teacache.py``): every option of upstream
+``demos/cli.py`` plus the cache's, mapped onto :mod:`genmo_teacache.generate`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from genmo_teacache.caches import CacheConfig
+from genmo_teacache.generate import (
+    DEFAULT_PROMPT,
+    GenerationSettings,
+    generate,
+    load_pipeline,
+    save_result,
+    summary_text,
+)
+from genmo_teacache.options import (
+    SETTINGS_KEYS,
+    apply_model_defaults,
+    cache_from_options,
+    cache_options,
+    generation_options,
+    pipeline_kwargs,
+    resolve_model_dir,
+    settings_from_options,
+)
+from genmo_teacache.parallel import check_divisible
+from genmo_teacache.weights import WeightsError, check_model_dir
+
+log = logging.getLogger(__name__)
+
+Job = tuple[str, int, GenerationSettings, CacheConfig]
+
+
+@click.command("generate")
+@click.option("--prompt", default=DEFAULT_PROMPT, help="Prompt for video generation.")
+@click.option("--sweep-file", "sweep_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSONL file, one config per line (prompt, cfg_scale, num_steps, seed, width, height, "
+                   "num_frames, threshold_noise, linear_steps, cache_mode), as upstream.")
+@click.option("--seed", default=1710977262, show_default=True, type=int, help="Random seed.")
+@click.option("--out_dir", default="outputs", show_default=True, help="Output directory for generated videos.")
+@click.option("--save_file", default=None,
+              help="Video path (default: OUT_DIR/output_<unix time>_<job index>_<mode>.mp4, never overwriting).")
+@click.option("--save_latents", default=None, help="Also torch.save the final latents (before decoding) here.")
+@click.option("--delta_temni_plot", is_flag=True,
+              help="Record the TeaCache indicator on every step without skipping; write <video>_delta_TEMNI.txt "
+                   "and <video>_delta_TEMNI_plot.png beside the video.")
+@generation_options
+@cache_options
+@click.pass_context
+def generate_command(ctx: click.Context, **options: Any) -> None:
+    """Generate a Mochi 1 video with the native pipeline, skipping DiT passes with a step cache (TeaCache by
+    default). Without --model_dir it runs the tiny random demo model (noise), to try the pipeline out."""
+    from genmo.lib.progress import progress_bar
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = resolve_model_dir(options)
+    options = apply_model_defaults(ctx, options)
+    jobs = _sweep_jobs(options) if options["sweep_file"] else [
+        (options["prompt"], options["seed"], settings_from_options(**options), cache_from_options(**options))]
+    _check_jobs(jobs, options)
+    try:
+        check_model_dir(options["model_dir"], text_encoder_dir=options["text_encoder_dir"],
+                        lora_path=options["lora_path"])
+    except WeightsError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for i, (prompt, seed, s, c) in enumerate(jobs):
+        with progress_bar(type="tqdm"):
+            result = generate(pipe, prompt=prompt, cache=c, seed=seed, settings=s,
+                              observe_only=options["delta_temni_plot"])
+        video = Path(options["save_file"] or Path(options["out_dir"]) / f"output_{int(time.time())}_{i}_{c.name}.mp4")
+        arguments = {"prompt": prompt, "seed": seed, "model_dir": options["model_dir"], **asdict(s),
+                     **pipeline_kwargs(options)}
+        paths = save_result(result, video, arguments=arguments, delta_temni=options["delta_temni_plot"],
+                            latents_path=options["save_latents"])
+        click.echo(summary_text(result.report, result.timings, result.peak_memory_gb))
+        for kind, path in paths.items():
+            click.echo(f"  {kind}: {path}")
+
+
+def _check_jobs(jobs: list[Job], options: dict[str, Any]) -> None:
+    """Everything that can be refused before a model loads."""
+    for _, _, s, c in jobs:
+        try:
+            for warning in c.check(s.num_steps):
+                log.warning("warning: %s", warning)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    if (options["num_gpus"] or 1) > 1:
+        from genmo_teacache.pipelines import read_model_config
+
+        heads = read_model_config(options["model_dir"], "dit_config.json").get("num_heads", 24)
+        for _, _, s, _ in jobs:
+            try:
+                check_divisible(options["num_gpus"], num_heads=heads, width=s.width, height=s.height,
+                                num_frames=s.num_frames)
+            except ValueError as e:
+                raise click.BadParameter(str(e)) from None
+    if options["save_file"] and len(jobs) > 1:
+        raise click.UsageError("--save_file names one video; with --sweep-file use --out_dir")
+
+
+def _sweep_jobs(options: dict[str, Any]) -> list[Job]:
+    jobs = []
+    base = {k: options[k] for k in SETTINGS_KEYS}
+    for n, line in enumerate(Path(options["sweep_file"]).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            conf = json.loads(line)
+            if not isinstance(conf, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise click.BadParameter(f"{options['sweep_file']} line {n}: {e}") from None
+        mode = conf.pop("cache_mode", conf.pop("teacache_mode", None))
+        unknown = set(conf) - {"prompt", "seed", *SETTINGS_KEYS}
+        if unknown:
+            raise click.BadParameter(f"{options['sweep_file']} line {n}: unknown keys {sorted(unknown)}")
+        settings = settings_from_options(**{**base, **{k: v for k, v in conf.items() if k in SETTINGS_KEYS}})
+        if mode is not None:  # the line's mode; the calibration file and overrides from the command line
+            keep = ("calibration", "max_skips", "teacache_no_range_guard")
+            cache = cache_from_options(cache_mode=mode, **{k: options.get(k) for k in keep})
+        else:
+            cache = cache_from_options(**options)
+        jobs.append((conf.get("prompt", options["prompt"]), conf.get("seed", options["seed"]), settings, cache))
+    return jobs

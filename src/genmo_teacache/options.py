@@ -1,0 +1,187 @@
+"""Command-line options shared by ``generate``, ``batch``, ``sweep`` and ``calibrate``, and their mapping onto the
+typed Python API (:mod:`genmo_teacache.generate`, :mod:`genmo_teacache.caches`). Flags only map onto values here;
+what they mean lives with the code they drive."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from genmo_teacache.caches import CacheConfig, parse_mode, syntax
+from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.generate import GENERATION_DEFAULTS_FILE, GenerationSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODE = "adaptive_0.12_0.04"  # the reference experiment's two-phase setting (high 0.12 for steps 0-33)
+
+
+def compose(*decorators):
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return apply
+
+
+def _positive_or_none(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value}: use a positive number of GPUs (or leave it out for every visible GPU)")
+    return value
+
+
+generation_options = compose(
+    click.option("--model_dir", default=None, type=click.Path(file_okay=False),
+                 help="Mochi weights directory (dit.safetensors, decoder.safetensors). Default: the tiny RANDOM "
+                      "demo model, made on first use in the cache folder ($GENMO_TEACACHE_CACHE, else "
+                      "~/.cache/genmo_teacache): it makes noise, for trying the pipeline out."),
+    click.option("--width", default=848, show_default="848, or the model's generation_defaults.json", type=int,
+                 help="Width of the video."),
+    click.option("--height", default=480, show_default="480, or the model's generation_defaults.json", type=int,
+                 help="Height of the video."),
+    click.option("--num_frames", default=163, show_default="163, or the model's generation_defaults.json", type=int,
+                 help="Number of frames (6k+1)."),
+    click.option("--num_steps", default=64, show_default="64, or the model's generation_defaults.json", type=int,
+                 help="Number of inference steps."),
+    click.option("--cfg_scale", default=6.0, show_default=True, type=float, help="CFG scale."),
+    click.option("--negative_prompt", default="", help="Negative prompt."),
+    click.option("--threshold-noise", "threshold_noise", default=0.025, show_default=True, type=float,
+                 help="Sigma schedule: noise level where the linear part ends."),
+    click.option("--linear-steps", "linear_steps", default=None, type=int,
+                 help="Sigma schedule: number of linear steps (default: half)."),
+    click.option("--batch_cfg", is_flag=True,
+                 help="Batch the two CFG branches into one DiT call (needs --attention_mode flash)."),
+    click.option("--lora_path", default=None, type=click.Path(dir_okay=False, exists=True),
+                 help="LoRA weights (.safetensors or .pt), as upstream."),
+    click.option("--cpu_offload", is_flag=True, help="Keep models on CPU and move each to the GPU when used."),
+    click.option("--attention_mode", default="auto", show_default=True,
+                 type=click.Choice(["auto", "flash", "sdpa", "sage"]),
+                 help="DiT attention: auto = flash if flash-attn is installed, else sdpa."),
+    click.option("--device", default="auto", show_default=True,
+                 help="cuda:N, cpu, or auto (first GPU if any, else CPU)."),
+    click.option("--text_encoder_dir", default=None, type=click.Path(file_okay=False, exists=True),
+                 help="Local T5 directory (default: MODEL_DIR/text_encoder if present, else google/t5-v1_1-xxl "
+                      "from the hub, as upstream)."),
+    click.option("--decode_type", default="auto", show_default=True,
+                 type=click.Choice(["auto", "full", "tiled_full", "tiled_spatial"]),
+                 help="VAE decoding: auto = tiled_spatial on GPU (as upstream's CLI), full on CPU."),
+    click.option("--num_gpus", default=None, type=int, callback=_positive_or_none,
+                 help="Ranks for context parallelism through Ray (default: every visible GPU, as upstream; 1 on "
+                      "CPU). With --device cpu, N CPU ranks (gloo)."),
+    click.option("--ray_address", default=None, help="Join this Ray cluster instead of starting a local one."),
+    click.option("--dit_dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+                 help="DiT weight storage: fp32 as upstream (cast under autocast each call) or bf16 (less memory)."),
+    click.option("--sdpa_backend", default="auto", show_default=True,
+                 type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
+                 help="SDPA kernel for the DiT's attention (sdpa mode); auto lets PyTorch choose, as upstream."),
+    click.option("--compile_dit", is_flag=True, help="torch.compile each DiT block (upstream's COMPILE_DIT)."),
+)
+
+SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
+                 "linear_steps", "batch_cfg")
+PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
+                 "num_gpus", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
+
+
+def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:
+    """``--model_dir`` or, when not given, the tiny random demo model (made on first use, then reused)."""
+    if options.get("model_dir"):
+        return options
+    from genmo_teacache.tiny import default_model_dir
+
+    return {**options, "model_dir": str(default_model_dir())}
+
+
+def apply_model_defaults(ctx: click.Context | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Options left at their defaults take the values in ``MODEL_DIR/generation_defaults.json`` (the tiny model
+    ships one so that the demo runs in seconds on a CPU)."""
+    path = Path(options["model_dir"]) / GENERATION_DEFAULTS_FILE
+    if not path.exists():
+        return options
+    try:
+        defaults = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"{path} is not valid JSON ({e}): fix or delete it") from None
+    out = dict(options)
+    for key, value in defaults.items():
+        source = ctx.get_parameter_source(key) if ctx is not None else None
+        if key in out and (ctx is None or source == click.core.ParameterSource.DEFAULT):
+            out[key] = value
+    return out
+
+
+def settings_from_options(**options: Any) -> GenerationSettings:
+    try:
+        return GenerationSettings(**{k: options[k] for k in SETTINGS_KEYS if k in options})
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def pipeline_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options[k] for k in PIPELINE_KEYS if k in options}
+
+
+# -- the cache --------------------------------------------------------------------------------------------------
+
+cache_options = compose(
+    click.option("--cache_mode", "--teacache_mode", "cache_mode", default=None,
+                 help=f"A cache mode: METHOD[+MODIFIER...], e.g. baseline, fixed_0.06, adaptive_0.12_0.04, "
+                      f"mag_0.06 (needs --calibration), easycache_0.05, fbcache_0.1 (default when no cache option "
+                      f"is given: {DEFAULT_MODE}). Grammar:\n{syntax()}"),
+    click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration", default=None,
+                 type=click.Path(dir_okay=False),
+                 help="Calibration JSON from `genmo-teacache calibrate`, for the methods that take one (TeaCache: "
+                      "its rescale polynomial, default TeaCache's Mochi fit; MagCache: its magnitude ratios)."),
+    click.option("--teacache_thresh", type=float, default=None, help="One TeaCache threshold for every step."),
+    click.option("--teacache_thresh_high", type=float, default=None,
+                 help="Threshold of the first --teacache_high_steps steps (two-phase schedule)."),
+    click.option("--teacache_thresh_low", type=float, default=None, help="Threshold of the remaining steps."),
+    click.option("--teacache_high_steps", type=int, default=DEFAULT_HIGH_STEPS, show_default=True,
+                 help="Length of the high-threshold phase (34 = steps 0-33, as the reference; cut at --num_steps)."),
+    click.option("--teacache_schedule", default=None,
+                 help="Any schedule as STEPS:THRESHOLD segments, e.g. 34:0.12,14:0.04,16:0.12 (rest:T ends it)."),
+    click.option("--teacache_max_skips", "max_skips", type=int, default=None,
+                 help="At most this many consecutive skips (TeaCache's -max<N>, MagCache's K)."),
+    click.option("--teacache_no_range_guard", is_flag=True,
+                 help="Do not force a compute when the indicator leaves the polynomial's fitted range."),
+    click.option("--no_teacache", "--no_cache", "no_cache", is_flag=True,
+                 help="No caching: upstream's sampler, bit for bit."),
+)
+
+
+def cache_from_options(cache_mode=None, calibration=None, teacache_thresh=None, teacache_thresh_high=None,
+                       teacache_thresh_low=None, teacache_high_steps=DEFAULT_HIGH_STEPS, teacache_schedule=None,
+                       max_skips=None, teacache_no_range_guard=False, no_cache=False, **_: Any) -> CacheConfig:
+    """The cache configuration the options describe; errors name the conflicting or bad value."""
+    try:
+        teacache = TeaCache.from_options(thresh=teacache_thresh, high=teacache_thresh_high, low=teacache_thresh_low,
+                                         high_steps=teacache_high_steps, schedule=teacache_schedule,
+                                         calibration=calibration)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    given = [name for name, v in (("--cache_mode", cache_mode), (TeaCache.OPTIONS, teacache)) if v is not None]
+    if no_cache and given:
+        raise click.UsageError(f"--no_teacache conflicts with {', '.join(given)}")
+    if len(given) > 1:
+        raise click.UsageError(f"give one way to set the cache, not {' and '.join(given)}")
+    if calibration is not None and not Path(calibration).is_file():
+        raise click.BadParameter(f"calibration file {calibration} does not exist: run `genmo-teacache calibrate` "
+                                 f"or fix the path")
+    try:
+        if no_cache:
+            config = CacheConfig.baseline()
+        elif teacache is not None:
+            config = CacheConfig(teacache)
+        else:
+            config = parse_mode(cache_mode or DEFAULT_MODE, calibration)
+        if calibration is not None and not config.method.uses_calibration:
+            log.warning("mode %s takes no calibration file: %s is not used", config.name, calibration)
+        config = config.with_method_options(max_skips=max_skips, range_guard=not teacache_no_range_guard)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return config
