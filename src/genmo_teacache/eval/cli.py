@@ -48,6 +48,16 @@ def _dimensions(values: Sequence[str] | str | None) -> list[str]:
     return dims
 
 
+def _videos_dir(path: Path, option: str) -> Path:
+    """The folder of mode folders: ``path`` itself, or ``videos/`` of a batch output folder (see layout)."""
+    from genmo_teacache.eval.layout import find_videos_dir
+
+    try:
+        return find_videos_dir(path)
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint=option) from err
+
+
 def _resolve_modes(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
     from genmo_teacache.eval.layout import resolve_modes
 
@@ -106,7 +116,8 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--videos", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
-              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode.")
+              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode, or the --output-dir of a batch "
+                   "run (whose videos/ holds them).")
 @click.option("--baseline", required=True, help="Mode folder of the uncached baseline, e.g. mochi_baseline.")
 @click.option("--modes", multiple=True,
               help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
@@ -128,6 +139,7 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
     was computed already."""
     _setup_logging()
     dims = _dimensions(dimensions)
+    videos = _videos_dir(videos, "--videos")
     compare_modes = _resolve_modes(videos, baseline, modes)
     out = out if out is not None else videos.parent / "results"
     log_dir = gen_log_dir if gen_log_dir is not None else videos.parent / "logs"
@@ -166,6 +178,7 @@ def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], sav
                      overwrite: bool) -> None:
     """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
     _setup_logging()
+    video_dir = _videos_dir(video_dir, "--video-dir")
     compare_modes = _resolve_modes(video_dir, baseline, modes)
     _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
     click.echo(f"fidelity results: {save_dir}")
@@ -189,6 +202,7 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
 
     _setup_logging()
     dims = _dimensions(dimensions)
+    video_dir = _videos_dir(video_dir, "--video-dir")
     try:
         existing = list_modes(video_dir)
     except FileNotFoundError as err:

@@ -1,4 +1,10 @@
-"""The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only."""
+"""The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only.
+
+The batch generator writes ``<output-dir>/videos/<mode>/`` beside ``<output-dir>/logs/`` and
+``<output-dir>/prompt_names.json``; :func:`find_videos_dir` accepts that root (or the folder above it, as in the
+doubled ``vbench_eval/videos/videos/<mode>/`` that ``--output-dir vbench_eval/videos`` makes) as well as the videos
+folder itself.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIX = ".mp4"
 PROMPT_NAMES = "prompt_names.json"
+VIDEOS = "videos"  # the batch generator's videos folder under its --output-dir
+MAX_DESCENT = 2  # <root>/videos/videos/<mode>: a batch run with --output-dir <root>/videos
 
 
 def list_videos(mode_dir: str | os.PathLike) -> list[Path]:
@@ -39,6 +47,46 @@ def list_modes(videos_dir: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"videos folder {videos_dir} does not exist: pass the folder that holds one "
                                 "sub-folder of videos per mode (--videos / --video-dir)")
     return sorted(p.name for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _mode_folders_with_videos(folder: Path) -> list[str]:
+    """Sub-folders of ``folder`` that hold at least one finished ``.mp4`` (what a mode folder looks like)."""
+    out = []
+    for sub in sorted(folder.iterdir()):
+        if sub.is_dir() and not sub.name.startswith(".") and any(
+                p.suffix == VIDEO_SUFFIX and not p.name.startswith(".") for p in sub.iterdir()):
+            out.append(sub.name)
+    return out
+
+
+def find_videos_dir(path: str | os.PathLike) -> Path:
+    """The folder that holds the mode folders, given that folder, a batch ``--output-dir`` (which has
+    ``videos/<mode>/``) or the folder above one (``vbench_eval`` for ``vbench_eval/videos/videos/<mode>/``).
+
+    Descends into ``videos/`` while the folder has one and no mode folder of its own. Raises FileNotFoundError if
+    ``path`` does not exist, or if mode folders sit both in ``path`` and in ``path/videos`` (say which one is meant).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"videos folder {path} does not exist: pass the folder that holds one sub-folder of "
+                                "videos per mode, or the --output-dir of the batch run (--videos / --video-dir)")
+    found = path
+    for _ in range(MAX_DESCENT):
+        inner = found / VIDEOS
+        if not inner.is_dir():
+            break
+        own = [m for m in _mode_folders_with_videos(found) if m != VIDEOS]
+        if own:
+            if _mode_folders_with_videos(inner):
+                raise FileNotFoundError(
+                    f"{found} holds mode folders ({', '.join(own)}) and so does {inner} "
+                    f"({', '.join(_mode_folders_with_videos(inner))}): pass the one you mean as --videos / "
+                    "--video-dir")
+            break
+        found = inner
+    if found != path:
+        logger.info("videos of %s: mode folders in %s", path, found)
+    return found
 
 
 def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
