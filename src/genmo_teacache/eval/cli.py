@@ -58,6 +58,15 @@ def _videos_dir(path: Path, option: str) -> Path:
         raise click.BadParameter(str(err), param_hint=option) from err
 
 
+def _list_modes(videos: Path, option: str) -> list[str]:
+    from genmo_teacache.eval.layout import list_modes
+
+    try:
+        return list_modes(videos)
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint=option) from err
+
+
 def _resolve_modes(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
     from genmo_teacache.eval.layout import resolve_modes
 
@@ -93,16 +102,53 @@ def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: li
     return outcomes
 
 
+def _baseline(given: str | None, candidates: Sequence[str], where: str) -> str:
+    """``--baseline``, or the one candidate whose name contains "baseline" (said so); a usage error otherwise."""
+    from genmo_teacache.eval.layout import pick_baseline
+
+    if given:
+        return given
+    try:
+        found = pick_baseline(candidates, where)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--baseline") from err
+    click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'; another one: --baseline)")
+    return found
+
+
+def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None, list[str]]:
+    """(the folder of the generation logs, warnings). A ``--gen-log-dir`` without any log near it is an error (before
+    anything runs); without the option, missing logs are a warning at the end (the tables lack latency and
+    speedup)."""
+    from genmo_teacache.eval.timing import find_log_dir, log_dir_candidates
+
+    searched = [c for path in ([given] if given is not None else defaults) for c in log_dir_candidates(path)]
+    shown = ", ".join(dict.fromkeys(str(c) for c in searched))
+    found = find_log_dir(*([given] if given is not None else defaults))
+    if found is not None:
+        return found, []
+    hint = "the logs/ folder of the batch run, or its --output-dir"
+    if given is not None:
+        raise click.BadParameter(f"no generation log (generation_log_*.json) in {shown}: point it at {hint}, or leave "
+                                 "it out to build the tables without latency and speedup", param_hint="--gen-log-dir")
+    return None, [f"no generation log (generation_log_*.json) in {shown}: the Latency and Speedup columns are empty; "
+                  f"pass --gen-log-dir ({hint})"]
+
+
 def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_dir: Path | None,
-             log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None]
-             ) -> dict[str, Path]:
+             log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None],
+             warnings: Sequence[str] = ()) -> None:
+    """Tables, results JSON and plots; the output ends with where they are, the summary table and the warnings."""
     from genmo_teacache.eval.plots import find_delta_temni, write_plots
     from genmo_teacache.eval.tables import collect, write_tables
 
     comp = collect(modes, baseline, scores_dir, fidelity_dir, log_dir)
+    comp.warnings[:0] = list(warnings)
     written = write_tables(comp, out_dir, output_json)
     written.update(write_plots(comp, out_dir / "plots", temni_groups=find_delta_temni(*temni_dirs)))
-    return written
+    _echo_outputs("tables and plots:", written)
+    for warning in comp.warnings:
+        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
 
 
 def _echo_outputs(title: str, paths: dict[str, Path] | Sequence[Path]) -> None:
@@ -118,7 +164,9 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 @click.option("--videos", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
               help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode, or the --output-dir of a batch "
                    "run (whose videos/ holds them).")
-@click.option("--baseline", required=True, help="Mode folder of the uncached baseline, e.g. mochi_baseline.")
+@click.option("--baseline", default=None,
+              help="Mode folder of the uncached baseline, e.g. mochi_baseline. Default: the one folder whose name "
+                   "contains 'baseline' (an error if there is none or several).")
 @click.option("--modes", multiple=True,
               help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -129,20 +177,22 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 @click.option("--skip-fidelity", is_flag=True, help="Do not compute PSNR/SSIM/LPIPS.")
 @click.option("--skip-vbench", is_flag=True, help="Do not run VBench.")
 @click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of generation_log_*.json (for latency and speedup). Default: logs/ beside the videos.")
+              help="Folder of generation_log_*.json (for latency and speedup), or the batch run's --output-dir or "
+                   "videos folder (its logs/ is found). Default: logs/ beside the videos.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
-def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: Path | None, full_info: Path | None,
-                     dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool, gen_log_dir: Path | None,
-                     device: str, overwrite: bool) -> None:
+def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...], out: Path | None,
+                     full_info: Path | None, dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool,
+                     gen_log_dir: Path | None, device: str, overwrite: bool) -> None:
     """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
     was computed already."""
     _setup_logging()
     dims = _dimensions(dimensions)
     videos = _videos_dir(videos, "--videos")
+    baseline = _baseline(baseline, _list_modes(videos, "--videos"), str(videos))
     compare_modes = _resolve_modes(videos, baseline, modes)
     out = out if out is not None else videos.parent / "results"
-    log_dir = gen_log_dir if gen_log_dir is not None else videos.parent / "logs"
+    log_dir, warnings = _log_dir(gen_log_dir, [videos.parent / "logs"])
     fidelity_dir, scores_dir = out / "fidelity_metrics", out / "vbench_scores"
     click.echo(f"baseline {baseline}; modes: {', '.join(compare_modes) or '(none)'}")
 
@@ -158,8 +208,7 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
     else:
         _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite)
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
-    written = _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir])
-    _echo_outputs("tables and plots:", written)
+    _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings)
 
 
 # ---------------------------------------------------------------- the reference-named entry points
@@ -168,17 +217,19 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
 @click.command("run_fidelity_metrics", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--video-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
               help="Folder with one sub-folder of videos per mode.")
-@click.option("--baseline", required=True, help="Mode folder of the uncached baseline.")
+@click.option("--baseline", default=None,
+              help="Mode folder of the uncached baseline. Default: the one folder whose name contains 'baseline'.")
 @click.option("--modes", multiple=True, help="Modes (comma-separated). Default: every folder but the baseline.")
 @click.option("--save-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
               show_default=True, help="Where {mode}_vs_{baseline}.json and all_fidelity_results.json go.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute modes whose result file exists.")
-def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], save_dir: Path, device: str,
+def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ...], save_dir: Path, device: str,
                      overwrite: bool) -> None:
     """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
     _setup_logging()
     video_dir = _videos_dir(video_dir, "--video-dir")
+    baseline = _baseline(baseline, _list_modes(video_dir, "--video-dir"), str(video_dir))
     compare_modes = _resolve_modes(video_dir, baseline, modes)
     _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
     click.echo(f"fidelity results: {save_dir}")
@@ -198,15 +249,10 @@ def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], sav
 def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full_info: Path | None,
                    dimensions: tuple[str, ...], device: str, overwrite: bool) -> None:
     """VBench on every mode and dimension (in VBench's own environment, created on first use)."""
-    from genmo_teacache.eval.layout import list_modes
-
     _setup_logging()
     dims = _dimensions(dimensions)
     video_dir = _videos_dir(video_dir, "--video-dir")
-    try:
-        existing = list_modes(video_dir)
-    except FileNotFoundError as err:
-        raise click.BadParameter(str(err), param_hint="--video-dir") from err
+    existing = _list_modes(video_dir, "--video-dir")
     chosen = _split(modes) or existing
     missing = [m for m in chosen if m not in existing]
     if missing:
@@ -221,26 +267,33 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
               show_default=True, help="VBench results, one folder per mode.")
 @click.option("--fidelity-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
               show_default=True, help="Fidelity results.")
-@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/logs"), show_default=True,
-              help="Folder of generation_log_*.json files.")
+@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of generation_log_*.json files, or the batch run's --output-dir or videos folder (its "
+                   "logs/ is found). Default: vbench_eval/logs, else logs/ beside the scores folder.")
 @click.option("--output-json", type=click.Path(path_type=Path),
               default=Path("vbench_eval/all_comparison_results.json"), show_default=True,
               help="Combined results JSON; the CSV/Markdown tables and plots/ go beside it.")
-@click.option("--baseline", required=True, help="Mode that speedups and fidelity are measured against.")
+@click.option("--baseline", default=None,
+              help="Mode that speedups and fidelity are measured against. Default: the one mode (of --modes, else "
+                   "of the results) whose name contains 'baseline'.")
 @click.option("--modes", multiple=True,
               help="Modes in table order (comma-separated). Default: every mode with VBench or fidelity results.")
-def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path, output_json: Path, baseline: str,
-                    modes: tuple[str, ...]) -> None:
+def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | None, output_json: Path,
+                    baseline: str | None, modes: tuple[str, ...]) -> None:
     """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
-    from genmo_teacache.eval.tables import load_fidelity
+    from genmo_teacache.eval.tables import read_fidelity_files
 
     _setup_logging()
     chosen = _split(modes)
-    if not chosen:
-        found = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name not in ("logs",)
-                 and not p.name.startswith(".")} if scores_dir.is_dir() else set()
-        found |= set(load_fidelity(fidelity_dir, baseline))
-        chosen = sorted(found - {baseline})
-    written = _compare(baseline, chosen, scores_dir, fidelity_dir, gen_log_dir, output_json.parent, output_json,
-                       [gen_log_dir])
-    _echo_outputs("tables and plots:", written)
+    found: set[str] = set()
+    if scores_dir.is_dir():
+        found = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
+                 and not p.name.startswith(".")}
+    for mode, data in read_fidelity_files(fidelity_dir).items():
+        found |= {mode, str(data.get("baseline"))} if data.get("baseline") else {mode}
+    where = "--modes" if chosen else f"{scores_dir} and {fidelity_dir}"
+    baseline = _baseline(baseline, chosen or sorted(found), where)
+    log_dir, warnings = _log_dir(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
+                                               scores_dir.parent.parent / "logs"])
+    _compare(baseline, chosen or sorted(found - {baseline}), scores_dir, fidelity_dir, log_dir, output_json.parent,
+             output_json, [log_dir], warnings)

@@ -102,6 +102,22 @@ def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+BASELINE_MARKER = "baseline"
+
+
+def pick_baseline(modes: Sequence[str], where: str) -> str:
+    """The one mode whose name contains ``baseline``. Raises ValueError (naming the candidates and ``--baseline``)
+    when there is none or several: the baseline is never guessed beyond that."""
+    found = sorted({m for m in modes if BASELINE_MARKER in m.lower()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"no mode name in {where} contains {BASELINE_MARKER!r} (modes: "
+                         f"{', '.join(sorted(set(modes))) or '(none)'}): name the uncached mode with --baseline")
+    raise ValueError(f"several modes in {where} contain {BASELINE_MARKER!r} ({', '.join(found)}): choose one with "
+                     "--baseline")
+
+
 def resolve_modes(videos_dir: str | os.PathLike, baseline: str, modes: Sequence[str] | None) -> list[str]:
     """Check that the baseline and the requested modes exist; default modes: every folder but the baseline.
     Returns the modes to compare (without the baseline). Errors name the bad value and the folders that exist."""

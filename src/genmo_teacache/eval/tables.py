@@ -65,11 +65,12 @@ class Comparison:
     baseline: str
     modes: list[str]  # baseline first
     results: dict[str, ModeResults]
+    warnings: list[str] = field(default_factory=list)  # what makes columns empty that the user should fix
 
 
-def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
-    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win).
-    Results measured against another baseline are ignored with a warning."""
+def read_fidelity_files(fidelity_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win), whatever
+    their baseline."""
     fidelity_dir = Path(fidelity_dir)
     found: dict[str, dict[str, Any]] = {}
     combined = fidelity_dir / "all_fidelity_results.json"
@@ -84,8 +85,14 @@ def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, d
                 data = json.load(f)
             if isinstance(data, dict) and "mode" in data:
                 found[data["mode"]] = data
+    return found
+
+
+def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
+    """``{mode: fidelity result}`` against ``baseline`` (:func:`read_fidelity_files`). Results measured against
+    another baseline are ignored with a warning."""
     out = {}
-    for mode, data in found.items():
+    for mode, data in read_fidelity_files(fidelity_dir).items():
         if data.get("baseline") != baseline:
             logger.warning("ignoring fidelity result of %s measured against %r, not the baseline %r",
                            mode, data.get("baseline"), baseline)
@@ -106,6 +113,13 @@ def collect(
     fidelity = load_fidelity(fidelity_dir, baseline) if fidelity_dir is not None else {}
     timings = load_timings(log_dir) if log_dir is not None else {}
     ups = speedups(timings, baseline)
+    warnings = []
+    if log_dir is not None and not timings:
+        warnings.append(f"no generation log (generation_log_*.json) in {log_dir}: the Latency and Speedup columns "
+                        "are empty")
+    elif timings and baseline not in timings:
+        warnings.append(f"the generation logs in {log_dir} have no run of the baseline {baseline} (modes logged: "
+                        f"{', '.join(sorted(timings))}): the Speedup column is empty")
     status = load_status(scores_dir) if scores_dir is not None else {}
     results = {}
     for mode in ordered:
@@ -115,7 +129,7 @@ def collect(
             timing=timings.get(mode), speedup=ups.get(mode, {}),
             unavailable=unavailable_dimensions(status.get(mode, {}), raw),
         )
-    return Comparison(baseline=baseline, modes=ordered, results=results)
+    return Comparison(baseline=baseline, modes=ordered, results=results, warnings=warnings)
 
 
 # ---------------------------------------------------------------- formatting

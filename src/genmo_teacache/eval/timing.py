@@ -53,6 +53,26 @@ def find_logs(log_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
 
 
+def log_dir_candidates(path: str | os.PathLike) -> list[Path]:
+    """Where the logs of a batch run may be, given their folder, the batch's ``--output-dir`` or its ``videos/``
+    folder (the reference workflow passes the videos folder): ``path``, ``path/logs``, ``path/../logs``."""
+    path = Path(path)
+    out: list[Path] = []
+    for candidate in (path, path / "logs", path.parent / "logs"):
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
+def find_log_dir(*paths: str | os.PathLike) -> Path | None:
+    """The first of the :func:`log_dir_candidates` of ``paths`` that holds a generation log, or None."""
+    for path in paths:
+        for candidate in log_dir_candidates(path):
+            if find_logs(candidate):
+                return candidate
+    return None
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -107,7 +127,7 @@ def speedups(timings: dict[str, ModeTiming], baseline: str) -> dict[str, dict[st
     base = timings.get(baseline)
     if base is None:
         if timings:
-            logger.warning("baseline %r has no timing in the generation logs (modes with timings: %s): "
+            logger.debug("baseline %r has no timing in the generation logs (modes with timings: %s): "
                            "no speedups", baseline, ", ".join(sorted(timings)))
         return {}
     out: dict[str, dict[str, float]] = {}
