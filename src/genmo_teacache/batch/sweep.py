@@ -83,7 +83,7 @@ def compute_fidelity(root: Path, modes: list[str], device: str | None) -> tuple[
     fidelity = importlib.import_module(FIDELITY_MODULE)
     try:
         results = fidelity.run_fidelity(root / "videos", BASELINE, modes, root / "fidelity",
-                                        device=device or "auto", overwrite=True)
+                                        device=device or "auto")
     except Exception as e:  # e.g. LPIPS weights that cannot be fetched: keep the speedup table
         logger.exception("fidelity failed")
         return {}, f"fidelity failed: {type(e).__name__}: {e}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,25 @@ def list_videos(mode_dir: str | os.PathLike) -> list[Path]:
         logger.info("%s: leaving out %d entries that are not finished %s videos: %s", mode_dir, len(ignored),
                        VIDEO_SUFFIX, ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
     return videos
+
+
+_FFMPEG_BANNER = ("ffmpeg version", "built with", "configuration:", "lib", "Copyright")
+_FFMPEG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line reason for a failure to read a video: the exception's first line plus the last lines of ffmpeg's
+    own report (its banner and memory addresses left out, so that the same failure always reads the same)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    first = next((line for line in lines if line), "")
+    details: list[str] = []
+    if "=== stderr ===" in lines:
+        for line in lines[lines.index("=== stderr ===") + 1:]:
+            line = _FFMPEG_PREFIX.sub("", line).strip()
+            if line and not line.startswith(_FFMPEG_BANNER) and line not in details:
+                details.append(line)
+    text = f"{type(err).__name__}: {first}" + (f" (ffmpeg: {'; '.join(details[-2:])})" if details else "")
+    return text[:300]
 
 
 def list_modes(videos_dir: str | os.PathLike) -> list[str]:
