@@ -120,11 +120,11 @@ def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None,
     """(the folder of the generation logs, warnings). A ``--gen-log-dir`` without any log near it is an error (before
     anything runs); without the option, missing logs are a warning at the end (the tables lack latency and
     speedup)."""
-    from genmo_teacache.eval.timing import find_log_dir, log_dir_candidates
+    from genmo_teacache.eval.timing import find_log_dir, find_logs, log_dir_candidates
 
-    searched = [c for path in ([given] if given is not None else defaults) for c in log_dir_candidates(path)]
+    searched = log_dir_candidates(given) if given is not None else list(defaults)
     shown = ", ".join(dict.fromkeys(str(c) for c in searched))
-    found = find_log_dir(*([given] if given is not None else defaults))
+    found = find_log_dir(given) if given is not None else next((d for d in defaults if find_logs(d)), None)
     if found is not None:
         return found, []
     hint = "the logs/ folder of the batch run, or its --output-dir"
