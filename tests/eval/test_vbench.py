@@ -185,6 +185,14 @@ def test_failure_reasons_name_the_missing_piece() -> None:
                                          "directory: '/root/.cache/vbench/raft_model/models/raft-things.pth'"}, 1, "")
     assert "weights" in missing and "raft-things.pth" in missing
     assert "exited with code -9" in explain("scene", None, -9, "Killed")
+    deep = explain("scene", {"type": "RuntimeError", "message": "bad shape in '/root/.cache/genmo_teacache/vbench-"
+                             "0.1.5-py311/lib/python3.11/site-packages/vbench/scene.py'"}, 1, "")
+    assert deep == "RuntimeError: bad shape in 'vbench/scene.py'"
+    env = vbench_runner.environment_reason(vbench_env.VBenchEnvError(
+        "installing vbench (full) failed (exit 1); last lines of /c/install-full.log:\nERROR: no matching dist\n"
+        "The VBench environment is installed from PyPI once: ..."))
+    assert env.startswith("VBench environment unavailable: installing vbench (full) failed (exit 1); see "
+                          "/c/install-full.log (") and "\n" not in env
 
 
 def test_unavailable_dimensions_ignore_ones_with_results() -> None:

@@ -95,10 +95,9 @@ def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: li
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    for o in outcomes:
-        if o.status in ("failed", "no_videos"):
-            click.echo(f"  n/a {o.mode} / {o.dimension}: {o.reason}")
+    unavailable = sum(counts.get(status, 0) for status in ("failed", "no_videos"))
+    click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+               + (f" (why {unavailable} are n/a: under the table below)" if unavailable else ""))
     return outcomes
 
 
@@ -140,21 +139,27 @@ def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_
              warnings: Sequence[str] = ()) -> None:
     """Tables, results JSON and plots; the output ends with where they are, the summary table and the warnings."""
     from genmo_teacache.eval.plots import find_delta_temni, write_plots
-    from genmo_teacache.eval.tables import collect, write_tables
+    from genmo_teacache.eval.tables import collect, console_report, write_tables
 
     comp = collect(modes, baseline, scores_dir, fidelity_dir, log_dir)
     comp.warnings[:0] = list(warnings)
     written = write_tables(comp, out_dir, output_json)
     written.update(write_plots(comp, out_dir / "plots", temni_groups=find_delta_temni(*temni_dirs)))
-    _echo_outputs("tables and plots:", written)
+    _echo_outputs(out_dir, written)
+    click.echo("\n" + console_report(comp))
     for warning in comp.warnings:
         click.secho(f"WARNING: {warning}", fg="yellow", err=True)
 
 
-def _echo_outputs(title: str, paths: dict[str, Path] | Sequence[Path]) -> None:
-    click.echo(title)
-    for path in (paths.values() if isinstance(paths, dict) else paths):
-        click.echo(f"  {path}")
+def _echo_outputs(out_dir: Path, paths: dict[str, Path]) -> None:
+    """One line: the results folder and what is in it (paths relative to it where they are inside)."""
+    names = []
+    for path in paths.values():
+        try:
+            names.append(str(path.relative_to(out_dir)))
+        except ValueError:
+            names.append(str(path))
+    click.echo(f"tables, results JSON and plots in {out_dir}: {', '.join(names)}")
 
 
 DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if available), cpu, cuda, cuda:1, ..."

@@ -363,16 +363,21 @@ def na_lines(comp: Comparison, labels: Mapping[str, str] | None = None) -> list[
 
 
 def left_out_lines(comp: Comparison, labels: Mapping[str, str] | None = None) -> list[str]:
-    """Per mode, the videos its VBench scores leave out (as the other modes lack them), with the reason."""
+    """Per mode and reason, the videos its VBench scores leave out (as not every mode has them); the per-dimension
+    detail is in the results JSON (``vbench_left_out``)."""
     labels = labels or {}
     lines = []
     for mode in comp.modes:
-        grouped: dict[tuple[str, str], list[str]] = {}
+        grouped: dict[str, tuple[list[str], list[str]]] = {}
         for video, dims in comp.results[mode].left_out.items():
             for dim, why in dims.items():
-                grouped.setdefault((video, why), []).append(dim)
-        for (video, why), dims in grouped.items():
-            lines.append(f"- {labels.get(mode, mode)}: {video} left out of {_join(dims)}: {why}")
+                videos, dim_list = grouped.setdefault(why, ([], []))
+                if video not in videos:
+                    videos.append(video)
+                if dim not in dim_list:
+                    dim_list.append(dim)
+        for why, (videos, dims) in grouped.items():
+            lines.append(f"- {labels.get(mode, mode)}: {_join(videos, 4)} left out of {_join(dims)}: {why}")
     return lines
 
 
@@ -385,6 +390,16 @@ def _notes(comp: Comparison, labels: Mapping[str, str]) -> str:
                      na_lines(comp, labels))
             + _section("Videos not compared (modes are compared on the videos they all have):",
                        left_out_lines(comp, labels)))
+
+
+def console_report(comp: Comparison, labels: Mapping[str, str] | None = None) -> str:
+    """What the commands print last: the summary table (with the videos each mode's numbers cover) and the notes
+    that explain its empty or ``n/a`` cells, each reason once."""
+    labels = dict(labels or {})
+    rows = markdown_rows(comp, SUMMARY_TABLE, summary_rows(comp, labels))
+    return (f"Summary (speedups against {labels.get(comp.baseline, comp.baseline)}):\n\n" + markdown_table(rows)
+            + _notes(comp, labels) + _fidelity_notes(comp, labels)
+            + _section("Speedups:", [f"- {n}" for n in comp.notes]))
 
 
 def _summary_notes(comp: Comparison, labels: Mapping[str, str]) -> str:

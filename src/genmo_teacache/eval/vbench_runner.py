@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -170,8 +171,28 @@ def _why_not_scored(video: Path) -> str:
 # ---------------------------------------------------------------- failures
 
 
+_SITE_PACKAGES = re.compile(r"[^\s'\"(\[]*/site-packages/")
+
+
+def short_paths(text: str) -> str:
+    """``text`` without the environment's ``.../site-packages/`` prefixes (``vbench/...`` says enough)."""
+    return _SITE_PACKAGES.sub("", text)
+
+
+def environment_reason(err: BaseException) -> str:
+    """One line for an n/a cell when the VBench environment could not be made (the details are in its log)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first.replace("; last lines of ", "; see ").rstrip(":")
+    return (f"VBench environment unavailable: {short_paths(first)} (it is installed from PyPI once; or set "
+            "GENMO_TEACACHE_VBENCH_PYTHON to a Python that has vbench)")
+
+
 def explain_failure(dimension: str, error: dict[str, Any] | None, returncode: int, log_tail: str) -> str:
     """A one-paragraph reason for a failed dimension, naming what is missing and what to do."""
+    return short_paths(_explain_failure(dimension, error, returncode, log_tail))
+
+
+def _explain_failure(dimension: str, error: dict[str, Any] | None, returncode: int, log_tail: str) -> str:
     if error is None:
         return f"VBench worker exited with code {returncode} without a report; last log lines: {log_tail[-400:]}"
     kind, message = error.get("type", "Error"), " ".join(str(error.get("message", "")).split())[:400]
@@ -319,7 +340,7 @@ def run_vbench(
     if full_info is None:  # the one that ships inside the vbench wheel (needs the core tier only)
         core = python_for("temporal_flickering")
         if isinstance(core, Exception):
-            reason = f"VBench environment unavailable: {core}"
+            reason = environment_reason(core)
             return [DimensionOutcome(m, d, "failed", reason) for m in modes for d in dimensions]
         full_info = vbench_env.vbench_package_dir(core) / "VBench_full_info.json"
     full_info_hash = hashlib.sha256(Path(full_info).read_bytes()).hexdigest()[:16]
@@ -358,7 +379,7 @@ def run_vbench(
             outcome = DimensionOutcome(mode, dim, "no_videos", "no video is named after one of its prompts "
                                        "({prompt}-{i}.mp4)")
         elif isinstance(python := python_for(dim), Exception):
-            outcome = DimensionOutcome(mode, dim, "failed", f"VBench environment unavailable: {python}")
+            outcome = DimensionOutcome(mode, dim, "failed", environment_reason(python))
         else:
             outcome = run_dimension(python, given, mode, dim, scores_dir, full_info, device)
         outcome = replace(outcome, inputs=key, videos=len(given))
