@@ -16,7 +16,7 @@ from _evalhelpers import FLICKER_PROMPTS, HUNYUAN_MODES, REPO, smooth_video
 from click.testing import CliRunner
 
 from genmo_teacache.eval import plots
-from genmo_teacache.eval.cli import evaluate_command
+from genmo_teacache.eval.cli import evaluate_command, vbench_command
 from genmo_teacache.video import write_video
 
 
@@ -173,3 +173,10 @@ def test_evaluate_says_each_na_reason_once_and_ends_with_the_table(tmp_path: Pat
     assert [line.split(" | ")[0] for line in lines[table + 2:table + 4]] == ["| mochi_baseline", "| fixed_0.1"]
     assert all(line.startswith(("| ", "|-", "- ", "Dimensions", "Videos")) for line in lines[table:]), lines[table:]
     assert "WARNING: no generation log" in result.stderr.strip().splitlines()[-1]
+
+    # run_vbench_eval.py has no table to follow: it says the reason itself, once
+    result = CliRunner().invoke(vbench_command, ["--video-dir", str(tmp_path / "vb"), "--save-dir",
+                                                 str(tmp_path / "scores"), "--dimensions", "human_action,color"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(reason) == 1
+    assert "- n/a: fixed_0.1, mochi_baseline / human_action, color: " + reason in result.stdout

@@ -87,17 +87,30 @@ def _run_fidelity(videos: Path, baseline: str, modes: list[str], save_dir: Path,
 
 
 def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: list[str], full_info: Path | None,
-                device: str, overwrite: bool) -> list:
-    from genmo_teacache.eval.vbench_runner import run_vbench
+                device: str, overwrite: bool, table_follows: bool) -> list:
+    """Run VBench and print what happened: counts, and (when no table with its notes follows) each reason for an
+    n/a once, with the modes and dimensions it applies to."""
+    from genmo_teacache.eval.vbench_runner import UNAVAILABLE_STATUSES, run_vbench
 
     outcomes = run_vbench(videos, modes, scores_dir, dimensions=dimensions, full_info=full_info, device=device,
                           overwrite=overwrite)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    unavailable = sum(counts.get(status, 0) for status in ("failed", "no_videos"))
+    unavailable = [o for o in outcomes if o.status in UNAVAILABLE_STATUSES]
+    where = "under the table below" if table_follows else "below"
     click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-               + (f" (why {unavailable} are n/a: under the table below)" if unavailable else ""))
+               + (f" (why {len(unavailable)} are n/a: {where})" if unavailable else ""))
+    if unavailable and not table_follows:
+        by_reason: dict[str, dict[str, list[str]]] = {}
+        for o in unavailable:
+            by_reason.setdefault(o.reason or o.status, {}).setdefault(o.mode, []).append(o.dimension)
+        for reason, dims_of in by_reason.items():
+            groups: dict[tuple[str, ...], list[str]] = {}
+            for mode, dims in dims_of.items():
+                groups.setdefault(tuple(dims), []).append(mode)
+            click.echo("- n/a: " + "; ".join(f"{', '.join(ms)} / {', '.join(ds)}" for ds, ms in groups.items())
+                       + f": {reason}")
     return outcomes
 
 
@@ -211,7 +224,7 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
     if skip_vbench:
         click.echo("VBench: skipped (--skip-vbench)")
     else:
-        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite)
+        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite, True)
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
     _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings)
 
@@ -232,12 +245,15 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
 def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ...], save_dir: Path, device: str,
                      overwrite: bool) -> None:
     """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
+    from genmo_teacache.eval.tables import collect, fidelity_report
+
     _setup_logging()
     video_dir = _videos_dir(video_dir, "--video-dir")
     baseline = _baseline(baseline, _list_modes(video_dir, "--video-dir"), str(video_dir))
     compare_modes = _resolve_modes(video_dir, baseline, modes)
     _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
-    click.echo(f"fidelity results: {save_dir}")
+    click.echo(f"fidelity results: {save_dir}\n")
+    click.echo(fidelity_report(collect(compare_modes, baseline, None, save_dir, None)))
 
 
 @click.command("run_vbench_eval", context_settings={"help_option_names": ["-h", "--help"]})
@@ -263,7 +279,7 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
     if missing:
         raise click.BadParameter(f"mode folder(s) {', '.join(missing)} not in {video_dir}; folders there: "
                                  f"{', '.join(existing) or '(none)'}", param_hint="--modes")
-    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite)
+    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite, False)
     click.echo(f"VBench results: {save_dir}")
 
 

@@ -402,6 +402,12 @@ def console_report(comp: Comparison, labels: Mapping[str, str] | None = None) ->
             + _section("Speedups:", [f"- {n}" for n in comp.notes]))
 
 
+def fidelity_report(comp: Comparison) -> str:
+    """What run_fidelity_metrics prints last: the fidelity table with the videos compared, and those left out."""
+    rows = [row[:4] + row[5:] for row in markdown_rows(comp, FIDELITY_TABLE, fidelity_rows(comp, {}))]  # no Latency
+    return f"Fidelity against {comp.baseline}:\n\n" + markdown_table(rows) + _fidelity_notes(comp, {})
+
+
 def _summary_notes(comp: Comparison, labels: Mapping[str, str]) -> str:
     return (_notes(comp, labels) + _fidelity_notes(comp, labels)
             + _section("Speedups:", [f"- {n}" for n in comp.notes])
