@@ -138,6 +138,7 @@ def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None,
     shown = ", ".join(dict.fromkeys(str(c) for c in searched))
     found = find_log_dir(given) if given is not None else next((d for d in defaults if find_logs(d)), None)
     if found is not None:
+        click.echo(f"generation logs (latency, speedup): {found}")
         return found, []
     hint = "the logs/ folder of the batch run, or its --output-dir"
     if given is not None:
@@ -306,15 +307,17 @@ def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | No
 
     _setup_logging()
     chosen = _split(modes)
-    found: set[str] = set()
+    scored: set[str] = set()
     if scores_dir.is_dir():
-        found = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
-                 and not p.name.startswith(".")}
-    for mode, data in read_fidelity_files(fidelity_dir).items():
-        found |= {mode, str(data.get("baseline"))} if data.get("baseline") else {mode}
+        scored = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
+                  and not p.name.startswith(".")}
+    fidelity = read_fidelity_files(fidelity_dir)
+    named = scored | set(fidelity) | {str(d["baseline"]) for d in fidelity.values() if d.get("baseline")}
     where = "--modes" if chosen else f"{scores_dir} and {fidelity_dir}"
-    baseline = _baseline(baseline, chosen or sorted(found), where)
+    baseline = _baseline(baseline, chosen or sorted(named), where)
+    if not chosen:  # VBench results, and fidelity results against this baseline
+        chosen = sorted((scored | {m for m, d in fidelity.items() if d.get("baseline") == baseline}) - {baseline})
     log_dir, warnings = _log_dir(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
                                                scores_dir.parent.parent / "logs"])
-    _compare(baseline, chosen or sorted(found - {baseline}), scores_dir, fidelity_dir, log_dir, output_json.parent,
-             output_json, [log_dir], warnings)
+    _compare(baseline, chosen, scores_dir, fidelity_dir, log_dir, output_json.parent, output_json, [log_dir],
+             warnings)
