@@ -209,3 +209,14 @@ def test_unknown_dimension_and_missing_mode_are_refused(tmp_path: Path) -> None:
         vbench_runner.run_vbench(tmp_path / "videos", ["m"], tmp_path / "s", dimensions=["sharpness"])
     with pytest.raises(FileNotFoundError, match="no video folder"):
         vbench_runner.run_vbench(tmp_path / "videos", ["n"], tmp_path / "s", dimensions=["color"])
+
+
+def test_without_a_vbench_environment_results_are_kept_and_the_rest_fails_in_one_line(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    monkeypatch.setenv(vbench_env.PYTHON_ENV, str(tmp_path / "no-python"))
+    (tmp_path / "videos" / "m").mkdir(parents=True)
+    (tmp_path / "scores" / "m").mkdir(parents=True)
+    (tmp_path / "scores" / "m" / f"color{RESULT_SUFFIX}").write_text(json.dumps({"color": [0.5, []]}))
+    outcomes = vbench_runner.run_vbench(tmp_path / "videos", ["m"], tmp_path / "scores", dimensions=["color", "scene"])
+    assert [(o.dimension, o.status) for o in outcomes] == [("color", "exists"), ("scene", "failed")]
+    assert outcomes[1].reason.startswith("VBench environment unavailable:") and "\n" not in outcomes[1].reason

@@ -339,9 +339,15 @@ def run_vbench(
 
     if full_info is None:  # the one that ships inside the vbench wheel (needs the core tier only)
         core = python_for("temporal_flickering")
-        if isinstance(core, Exception):
+        if isinstance(core, Exception):  # no prompt list to check results against, nothing can run
             reason = environment_reason(core)
-            return [DimensionOutcome(m, d, "failed", reason) for m in modes for d in dimensions]
+            kept = [(m, d) for m in modes for d in dimensions
+                    if not overwrite and (scores_dir / m / f"{d}{RESULT_SUFFIX}").is_file()]
+            if kept:
+                logger.warning("VBench: %d existing results kept without checking them against the current videos "
+                               "(%s)", len(kept), reason)
+            return [DimensionOutcome(m, d, "exists", reason) if (m, d) in kept else
+                    DimensionOutcome(m, d, "failed", reason) for m in modes for d in dimensions]
         full_info = vbench_env.vbench_package_dir(core) / "VBench_full_info.json"
     full_info_hash = hashlib.sha256(Path(full_info).read_bytes()).hexdigest()[:16]
     prompts = prompts_by_dimension(full_info)
