@@ -2,6 +2,10 @@
 """The adaptive-threshold mini-experiment: the same command as ``genmo-teacache sweep`` (see docs/BATCH.md).
 
     python vbench_eval/run_adaptive_threshold_experiment.py --model_dir weights/ --metric psnr
+    CUDA_VISIBLE_DEVICES=0 python3 vbench_eval/run_adaptive_threshold_experiment.py --model_dir weights/ \
+        --seed 0 --gpu-id 0 --total-gpus 4      # the reference's per-GPU form ([--dry-run], [--start-idx N])
+
+The chosen candidate ends up in <output-dir>/best_config.json and best_modes.txt (the --modes of the full batch).
 """
 
 from genmo_teacache.batch.cli import main, sweep_command

@@ -149,7 +149,8 @@ def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir,
     shutil.copytree(killed_and_resumed["out"], out)
     cmd = [sys.executable, str(REPO / "vbench_eval" / "run_adaptive_threshold_experiment.py"), "--model_dir",
            str(tiny_model_dir), "--prompts-file", str(prompts_file), "--output-dir", str(out), "--num-prompts", "2",
-           "--configs", f"lo={MODES[1]},hi={MODES[2]}", "--metric", "psnr", "--device", "cpu", *SMALL]
+           "--configs", f"lo={MODES[1]},hi={MODES[2]}", "--metric", "psnr", "--device", "cpu", "--baseline",
+           MODES[0], *SMALL]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "0 to generate" in proc.stderr
@@ -163,6 +164,9 @@ def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir,
         assert "Best by psnr:" in proc.stdout
         assert all(float(r[-4]) > 0 for r in rows[2:])
         assert (out / "fidelity" / f"{MODES[1]}_vs_baseline.json").exists()
+        best = json.loads((out / "best_config.json").read_text())
+        assert best["label"] in ("lo", "hi") and best["modes"] == f"baseline,{best['mode']}"
+        assert (out / "best_modes.txt").read_text().strip() == best["modes"]
     assert (out / "sweep_results.md").read_text() in proc.stdout
 
 

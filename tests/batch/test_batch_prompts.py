@@ -18,23 +18,16 @@ from genmo_teacache.batch.prompts import (
 )
 
 REPO = Path(__file__).parents[2]
-REFERENCE_SUBSET = REPO / ".." / "shared" / "fixtures" / "hunyuan_vbench" / "prompts_subset.json"
-
-
-def need_reference() -> None:
-    if not REFERENCE_SUBSET.exists():
-        pytest.fail(f"{REFERENCE_SUBSET} not found: tests need the shared/ folder beside the checkout")
+REFERENCE_SUBSET = REPO / "tests" / "fixtures" / "hunyuan_vbench" / "prompts_subset.json"  # the reference's copy
 
 
 def test_committed_subset_is_the_reference_copy():
-    need_reference()
     ours = (REPO / DEFAULT_PROMPTS_FILE).read_bytes()
     assert json.loads(ours) == json.loads(REFERENCE_SUBSET.read_bytes())
     assert ours == REFERENCE_SUBSET.read_bytes()
 
 
 def test_subset_rebuilt_from_vbench_wheel_equals_reference():
-    need_reference()
     try:
         subset = build_vbench_subset()  # downloads the wheel once into $GENMO_TEACACHE_CACHE or ~/.cache
     except RuntimeError as e:

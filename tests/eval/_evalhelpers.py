@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,7 @@ HUNYUAN_LABELS = {
 FLICKER_PROMPTS = ["In a still frame, a stop sign", "a toilet, frozen in time"]
 
 
-def fixtures_dir() -> Path:
-    candidates = [os.environ.get("GENMO_TEACACHE_FIXTURES"), REPO / "shared" / "fixtures",
-                  REPO.parent / "shared" / "fixtures"]
-    for c in candidates:
-        if c and (Path(c) / "hunyuan_vbench").is_dir():
-            return Path(c)
-    raise FileNotFoundError(f"reference fixtures not found (looked in {[str(c) for c in candidates if c]}); "
-                            "set GENMO_TEACACHE_FIXTURES to the shared/fixtures folder")
+FIXTURES = REPO / "tests" / "fixtures"  # committed with the tests; provenance in its README.md
 
 
 def smooth_video(frames: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _evalhelpers import fixtures_dir
+from _evalhelpers import FIXTURES
 
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
-    return fixtures_dir()
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from _evalhelpers import FLICKER_PROMPTS, HUNYUAN_MODES, REPO, smooth_video
 from click.testing import CliRunner
 
 from genmo_teacache.eval import plots
-from genmo_teacache.eval.cli import evaluate_command
+from genmo_teacache.eval.cli import evaluate_command, vbench_command
 from genmo_teacache.video import write_video
 
 
@@ -86,7 +87,8 @@ def test_evaluate_end_to_end_and_resume(tmp_path: Path) -> None:
         assert len(_png_shape(out / "plots" / name)) == 3, name
     for name in ("summary_table.md", "fidelity_table.md", "vbench_scores_table.md"):
         assert (out / name).read_text().startswith("# ")
-    assert str(out / "summary_table.csv") in result.output
+    assert f"in {out}: vbench_scores_table.csv" in result.output and "summary_table.csv" in result.output
+    assert result.stdout.rstrip().splitlines()[-1].startswith("| fixed_low | 1.43x |")  # ends with the table
 
     # second run: everything is resumed, nothing recomputed
     stamps = {p: p.stat().st_mtime_ns for p in (out / "fidelity_metrics").glob("*_vs_*.json")}
@@ -112,10 +114,11 @@ def test_reference_named_scripts(hunyuan: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp" / "all_comparison_results.json"
     cmd = [sys.executable, str(REPO / "vbench_eval" / "compare_results.py"), "--baseline", "hunyuan_baseline",
            "--scores-dir", str(hunyuan / "vbench_scores"), "--fidelity-dir", str(hunyuan / "fidelity_metrics"),
-           "--gen-log-dir", str(tmp_path / "no-logs"), "--output-json", str(out),
-           "--modes", ",".join(HUNYUAN_MODES[1:])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "--output-json", str(out), "--modes", ",".join(HUNYUAN_MODES[1:])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)  # no vbench_eval/logs there
     assert proc.returncode == 0, proc.stderr
+    assert "WARNING: no generation log" in proc.stderr
     ours = _rows(out.parent / "vbench_scores_table.csv")
     ref = _rows(hunyuan / "vbench_scores_table.csv")
     assert [r[0] for r in ours[1:]] == HUNYUAN_MODES
@@ -151,3 +154,29 @@ def test_plot_delta_temni(tmp_path: Path) -> None:
         plots.plot_delta_temni([], tmp_path / "none.png")
     found = plots.find_delta_temni(tmp_path, None, tmp_path / "missing")
     assert list(found) == [tmp_path.name] and len(found[tmp_path.name]) == 3
+
+
+def test_evaluate_says_each_na_reason_once_and_ends_with_the_table(tmp_path: Path) -> None:
+    """Three dimensions none of whose prompts has a video, in two modes: one reason, said once, without paths; the
+    output ends with the summary table (the warning about the missing logs comes last, on stderr)."""
+    for mode in ("mochi_baseline", "fixed_0.1"):
+        write_video(tmp_path / "vb" / "videos" / mode / "a cat-0.mp4", smooth_video(3, 16, 16))
+    result = CliRunner().invoke(evaluate_command, ["--videos", str(tmp_path / "vb"), "--skip-fidelity",
+                                                   "--dimensions", "human_action,color,scene"])
+    assert result.exit_code == 0, result.output
+    reason = "no video is named after one of its prompts"
+    assert result.output.count(reason) == 1, result.output
+    assert "- n/a: mochi_baseline, fixed_0.1 / human_action, color, scene: " + reason in result.stdout
+    assert "site-packages" not in result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    table = lines.index(next(line for line in lines if line.startswith("| Mode | Speedup |")))
+    assert [line.split(" | ")[0] for line in lines[table + 2:table + 4]] == ["| mochi_baseline", "| fixed_0.1"]
+    assert all(line.startswith(("| ", "|-", "- ", "Dimensions", "Videos")) for line in lines[table:]), lines[table:]
+    assert "WARNING: no generation log" in result.stderr.strip().splitlines()[-1]
+
+    # run_vbench_eval.py has no table to follow: it says the reason itself, once
+    result = CliRunner().invoke(vbench_command, ["--video-dir", str(tmp_path / "vb"), "--save-dir",
+                                                 str(tmp_path / "scores"), "--dimensions", "human_action,color"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(reason) == 1
+    assert "- n/a: fixed_0.1, mochi_baseline / human_action, color: " + reason in result.stdout

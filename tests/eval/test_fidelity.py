@@ -218,3 +218,43 @@ def test_mode_without_any_pair_writes_nothing(videos: Path, tmp_path: Path, lpip
     out = tmp_path / "fidelity"
     assert fidelity.run_fidelity(videos, "base", ["empty"], out, device="cpu", lpips_model=lpips_model) == {}
     assert not (out / "empty_vs_base.json").exists()  # retried next time instead of recorded as done
+
+
+def test_results_follow_the_videos_not_the_mode_name(tmp_path: Path, lpips_model, caplog) -> None:
+    """A result is reused only for the exact videos (name, size, mtime) and metric settings it was computed from:
+    a video generated later is added, a regenerated one recomputed, an unchanged set rewrites nothing."""
+    root, out = tmp_path / "videos", tmp_path / "fidelity"
+    frames = [smooth_video(6, seed=i) for i in range(2)]
+    write_video(root / "base" / "p0-0.mp4", frames[0])
+    write_video(root / "m" / "p0-0.mp4", _noisy(frames[0], 12, 0))
+
+    def run() -> dict:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="genmo_teacache.eval.fidelity"):
+            return fidelity.run_fidelity(root, "base", ["m"], out, device="cpu", lpips_model=lpips_model)["m"]
+
+    def per_video() -> dict:
+        return {v["video"]: v for v in json.loads((out / "per_video" / "m_vs_base.json").read_text())}
+
+    assert run()["num_videos"] == 1
+    first = per_video()["p0-0.mp4"]
+    # the batch generates the second prompt afterwards: the result covers both, the first pair is not redone
+    write_video(root / "base" / "p1-0.mp4", frames[1])
+    write_video(root / "m" / "p1-0.mp4", _noisy(frames[1], 12, 1))
+    summary = run()
+    assert summary["num_videos"] == 2
+    assert per_video()["p0-0.mp4"] == first and "reused 1 of 2" in caplog.text
+    assert summary["psnr"]["mean"] == pytest.approx(np.mean([v["psnr"] for v in per_video().values()]), rel=1e-12)
+    # a regenerated video (same name, other content): its pair is computed again
+    write_video(root / "m" / "p0-0.mp4", frames[0])
+    run()
+    assert per_video()["p0-0.mp4"]["psnr"] > first["psnr"] + 5
+    # nothing changed: nothing computed, nothing rewritten
+    stamp = (out / "m_vs_base.json").stat().st_mtime_ns
+    run()
+    assert (out / "m_vs_base.json").stat().st_mtime_ns == stamp and "reused 2 of 2" in caplog.text
+    # other metric settings (recorded per video) do not count as the same result
+    entries = json.loads((out / "per_video" / "m_vs_base.json").read_text())
+    (out / "per_video" / "m_vs_base.json").write_text(json.dumps([{**e, "settings": "older"} for e in entries]))
+    run()
+    assert "reused 0 of 2" in caplog.text

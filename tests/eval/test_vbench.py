@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,19 @@ def test_temporal_flickering_for_real(tmp_path: Path) -> None:
     again = vbench_runner.run_vbench(videos, ["static", "flicker"], scores, dimensions=["temporal_flickering"])
     assert [o.status for o in again] == ["exists", "exists"]
 
+    # a second sample generated since, and an undecodable file: those modes run again, over their current videos,
+    # and what VBench could not score is named with the reason
+    frame = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    write_video(videos / "flicker" / f"{FLICKER_PROMPTS[1]}-1.mp4", np.stack([frame, 255 - frame] * 4))
+    (videos / "static" / f"{FLICKER_PROMPTS[1]}-1.mp4").write_bytes(b"not a video")
+    again = vbench_runner.run_vbench(videos, ["static", "flicker"], scores, dimensions=["temporal_flickering"])
+    assert [(o.mode, o.status, o.videos) for o in again] == [("static", "done", 3), ("flicker", "done", 3)], again
+    data = json.loads((scores / "flicker" / f"temporal_flickering{RESULT_SUFFIX}").read_text())
+    assert len(data["temporal_flickering"][1]) == 3
+    entry = vbench_runner.load_status(scores)["static"]["temporal_flickering"]
+    assert list(entry["left_out"]) == [f"{FLICKER_PROMPTS[1]}-1.mp4"]
+    assert entry["left_out"][f"{FLICKER_PROMPTS[1]}-1.mp4"].startswith("undecodable")
+
 
 @pytest.mark.slow
 def test_dimension_without_matching_videos_is_reported_not_zero(tmp_path: Path) -> None:
@@ -69,7 +83,7 @@ def test_dimension_without_matching_videos_is_reported_not_zero(tmp_path: Path) 
     scores = tmp_path / "scores"
     # the flicker prompts belong to no other dimension: nothing to score for 'human_action'
     (outcome,) = vbench_runner.run_vbench(videos, ["static"], scores, dimensions=["human_action"])
-    assert outcome.status == "no_videos" and "human_action prompt" in outcome.reason
+    assert outcome.status == "no_videos" and "named after one of its prompts" in outcome.reason
     assert not (scores / "static" / f"human_action{RESULT_SUFFIX}").exists()
     assert vbench_runner.load_status(scores)["static"]["human_action"]["status"] == "no_videos"
 
@@ -93,6 +107,34 @@ def test_dimension_needing_detectron2_fails_with_reason_and_reads_na(tmp_path: P
     comp = tables.collect([], "m", scores, None, None)
     row = dict(zip(tables.vbench_rows(comp, {})[0], tables.vbench_rows(comp, {})[1], strict=True))
     assert row["color"] == "n/a" and row["Semantic Score"] == ""
+
+
+def test_a_result_is_reused_only_for_the_videos_it_was_computed_from(tmp_path: Path) -> None:
+    dim = "temporal_flickering"
+    for name in ("a-0.mp4", "b-0.mp4"):
+        (tmp_path / "m" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "m" / name).write_bytes(name.encode())
+    a, b = tmp_path / "m" / "a-0.mp4", tmp_path / "m" / "b-0.mp4"
+    result = tmp_path / f"{dim}{RESULT_SUFFIX}"
+    result.write_text(json.dumps({dim: [0.9, [{"video_path": str(a), "video_results": 0.9}]]}))
+    one = {"a-0.mp4": a}
+    key = vbench_runner.inputs_key(dim, one, "prompts")
+    assert vbench_runner.stale_reason(result, {"inputs": key}, one, key) is None
+    # generated since: a second video, a regenerated one, another prompt list: other keys, computed again
+    both = {"a-0.mp4": a, "b-0.mp4": b}
+    assert "changed" in vbench_runner.stale_reason(result, {"inputs": key}, both,
+                                                   vbench_runner.inputs_key(dim, both, "prompts"))
+    assert vbench_runner.inputs_key(dim, one, "other prompts") != key
+    assert vbench_runner.inputs_key("scene", one, "prompts") != key
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    assert vbench_runner.inputs_key(dim, one, "prompts") != key
+    # an older run's result (no key recorded): reused while its videos are all there and none is newer than it
+    later = a.stat().st_mtime_ns + 10**9
+    os.utime(result, ns=(later, later))
+    assert vbench_runner.stale_reason(result, {}, one, key) is None
+    os.utime(b, ns=(later + 10**9, later + 10**9))
+    assert "newer than it" in vbench_runner.stale_reason(result, {}, both, key)
+    assert "gone" in vbench_runner.stale_reason(result, {}, {"b-0.mp4": b}, key)
 
 
 def test_environment_tiers_and_requirements() -> None:
@@ -143,6 +185,14 @@ def test_failure_reasons_name_the_missing_piece() -> None:
                                          "directory: '/root/.cache/vbench/raft_model/models/raft-things.pth'"}, 1, "")
     assert "weights" in missing and "raft-things.pth" in missing
     assert "exited with code -9" in explain("scene", None, -9, "Killed")
+    deep = explain("scene", {"type": "RuntimeError", "message": "bad shape in '/root/.cache/genmo_teacache/vbench-"
+                             "0.1.5-py311/lib/python3.11/site-packages/vbench/scene.py'"}, 1, "")
+    assert deep == "RuntimeError: bad shape in 'vbench/scene.py'"
+    env = vbench_runner.environment_reason(vbench_env.VBenchEnvError(
+        "installing vbench (full) failed (exit 1); last lines of /c/install-full.log:\nERROR: no matching dist\n"
+        "The VBench environment is installed from PyPI once: ..."))
+    assert env.startswith("VBench environment unavailable: installing vbench (full) failed (exit 1); see "
+                          "/c/install-full.log (") and "\n" not in env
 
 
 def test_unavailable_dimensions_ignore_ones_with_results() -> None:
@@ -159,3 +209,14 @@ def test_unknown_dimension_and_missing_mode_are_refused(tmp_path: Path) -> None:
         vbench_runner.run_vbench(tmp_path / "videos", ["m"], tmp_path / "s", dimensions=["sharpness"])
     with pytest.raises(FileNotFoundError, match="no video folder"):
         vbench_runner.run_vbench(tmp_path / "videos", ["n"], tmp_path / "s", dimensions=["color"])
+
+
+def test_without_a_vbench_environment_results_are_kept_and_the_rest_fails_in_one_line(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    monkeypatch.setenv(vbench_env.PYTHON_ENV, str(tmp_path / "no-python"))
+    (tmp_path / "videos" / "m").mkdir(parents=True)
+    (tmp_path / "scores" / "m").mkdir(parents=True)
+    (tmp_path / "scores" / "m" / f"color{RESULT_SUFFIX}").write_text(json.dumps({"color": [0.5, []]}))
+    outcomes = vbench_runner.run_vbench(tmp_path / "videos", ["m"], tmp_path / "scores", dimensions=["color", "scene"])
+    assert [(o.dimension, o.status) for o in outcomes] == [("color", "exists"), ("scene", "failed")]
+    assert outcomes[1].reason.startswith("VBench environment unavailable:") and "\n" not in outcomes[1].reason

@@ -18,6 +18,7 @@ from genmo_teacache.batch.naming import parse_modes
 from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, load_prompts, resolve_prompts_file
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
 from genmo_teacache.batch.state import finished_entries, format_summary, read_logs, summarize
+from genmo_teacache.batch.sweep import sweep_options
 from genmo_teacache.options import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
 
 logger = logging.getLogger(__name__)
@@ -265,31 +266,34 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
                    "scaled to --num_steps).")
 @click.option("--metric", type=click.Choice(["psnr", "ssim", "lpips", "speedup"]), default="psnr",
               show_default=True, help="What names the best candidate (lpips: lowest; others: highest).")
+@sweep_options
 @ray_options
 @click.pass_context
 def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     """The threshold mini-experiment: a few prompts x (baseline + candidate cache configs), generated with the
-    batch machinery, then fidelity against the baseline and a table naming the best candidate."""
-    from genmo_teacache.batch.sweep import default_candidates, parse_candidates, run_sweep
+    batch machinery, then fidelity against the baseline, a table naming the best candidate, and that candidate in
+    best_config.json / best_modes.txt for the full batch run."""
+    from genmo_teacache.batch.sweep import check_sweep_options, default_candidates, parse_candidates, run_sweep
 
     gen, o = split_options(apply_model_defaults(ctx, kwargs))
     setup_logging(o["verbose"])
+    seed = check_sweep_options(o)
     settings = settings_from_options(**gen)
     try:
         candidates = (parse_candidates(o["configs"]) if o["configs"]
                       else default_candidates(settings.num_steps, o["high_steps"]))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--configs") from None
-    modes = ["baseline"] + [mode for _, mode in candidates]
-    plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1,
-                        generation_seed=o["generation_seed"], start_idx=0, end_idx=None,
-                        num_prompts=o["num_prompts"])
+    modes = [o["baseline"]] + [mode for _, mode in candidates]
+    plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1, generation_seed=seed,
+                        start_idx=o["start_idx"], end_idx=o["end_idx"], gpu_id=o["gpu_id"],
+                        total_gpus=o["total_gpus"], num_prompts=None if o["end_idx"] else o["num_prompts"])
     result = execute_plan(plan, gen, o)
     if result is None:
         return
     if result.failed:
         report_result(plan, result, modes)  # raises
-    run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None)
+    run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None, baseline=o["baseline"])
 
 
 def main(command: click.Command = batch_command, prog_name: str | None = None) -> None:

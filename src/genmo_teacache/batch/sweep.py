@@ -1,9 +1,13 @@
 """The threshold mini-experiment: a few prompts x (baseline + candidate cache configs), generated through the batch
-machinery (so it is resumable and can run on Ray), then fidelity of every candidate against the baseline (when
-``genmo_teacache.eval.fidelity`` is installed) and a table naming the best candidate by a chosen metric.
+machinery (so it is resumable, can be split over GPUs by hand and can run on Ray), then fidelity of every candidate
+against the baseline (when ``genmo_teacache.eval.fidelity`` is installed) and a table naming the best candidate by a
+chosen metric.
 
-Outputs under ``<output-dir>``: the batch layout (videos/, reports/, logs/), ``fidelity/`` (the fidelity module's
-files), and ``sweep_results.csv`` / ``sweep_results.md``.
+Outputs under ``<output-dir>``: the batch layout (videos/<mode>/, reports/, logs/; the baseline's folder is
+``mochi_baseline`` and the default candidates' ``mochi_adaptive_<high>_<low>[_h<n>]``, as in the reference
+experiment, so that its fidelity and compare commands take ``--video-dir <output-dir>`` as they are), ``fidelity/``
+(the fidelity module's files), ``sweep_results.csv`` / ``sweep_results.md``, and the chosen candidate in
+``best_config.json`` and ``best_modes.txt`` (the ``--modes`` value of the full batch run: baseline and best).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import importlib
 import importlib.util
 import io
+import json
 import logging
 import math
 from pathlib import Path
@@ -20,8 +25,8 @@ from typing import Any
 import click
 
 from genmo_teacache.batch.runner import BatchPlan
-from genmo_teacache.batch.state import read_json, summarize
-from genmo_teacache.caches import is_baseline
+from genmo_teacache.batch.state import read_logs, summarize
+from genmo_teacache.caches import is_baseline, method_class, parse_mode
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
 from genmo_teacache.video import atomic_path
 
@@ -35,7 +40,10 @@ REFERENCE_CANDIDATES: tuple[tuple[str, float, float], ...] = (
     ("c4", 0.16, 0.10),
 )
 REFERENCE_STEPS = 64  # the reference's high phase: 34 of 64 steps
-BASELINE = "baseline"
+BASELINE = "mochi_baseline"  # the reference experiment's folder name
+PREFIX = "mochi_"  # the default candidates' folders are named like the reference experiment's
+BEST_CONFIG = "best_config.json"
+BEST_MODES = "best_modes.txt"
 FIDELITY_MODULE = "genmo_teacache.eval.fidelity"
 METRICS = {"psnr": max, "ssim": max, "lpips": min, "speedup": max}
 COLUMNS = ("label", "mode", "speedup", "denoising_speedup", "computed_fraction", "latency_s", "psnr", "ssim", "lpips",
@@ -47,7 +55,8 @@ def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tu
     scaled to ``num_steps``)."""
     if high_steps is None:
         high_steps = max(1, DEFAULT_HIGH_STEPS * num_steps // REFERENCE_STEPS)
-    return [(label, TeaCache.two_phase(high, low, high_steps).name) for label, high, low in REFERENCE_CANDIDATES]
+    return [(label, PREFIX + TeaCache.two_phase(high, low, high_steps).name)
+            for label, high, low in REFERENCE_CANDIDATES]
 
 
 def parse_candidates(text: str) -> list[tuple[str, str]]:
@@ -59,6 +68,9 @@ def parse_candidates(text: str) -> list[tuple[str, str]]:
             continue
         label, sep, mode = item.partition("=")
         label, mode = (label.strip(), mode.strip()) if sep else (item, item)
+        cls = method_class(mode)
+        if cls is None or not cls.uses_calibration:
+            parse_mode(mode)  # raises naming a bad mode (methods that take a calibration are checked with it)
         if is_baseline(mode):
             raise ValueError(f"candidate {item!r} is the baseline, which the sweep always runs")
         if label in {lbl for lbl, _ in out} or mode in {m for _, m in out}:
@@ -76,14 +88,15 @@ def fidelity_available() -> bool:
         return False
 
 
-def compute_fidelity(root: Path, modes: list[str], device: str | None) -> tuple[dict[str, Any], str | None]:
-    """({mode: fidelity summary}, why it is missing or None)."""
+def compute_fidelity(root: Path, modes: list[str], device: str | None, baseline: str = BASELINE
+                     ) -> tuple[dict[str, Any], str | None]:
+    """({mode: fidelity summary}, why it is missing or None). Pairs measured before on the same videos are reused."""
     if not fidelity_available():
         return {}, f"{FIDELITY_MODULE} is not installed: no PSNR / SSIM / LPIPS"
     fidelity = importlib.import_module(FIDELITY_MODULE)
     try:
-        results = fidelity.run_fidelity(root / "videos", BASELINE, modes, root / "fidelity",
-                                        device=device or "auto", overwrite=True)
+        results = fidelity.run_fidelity(root / "videos", baseline, modes, root / "fidelity",
+                                        device=device or "auto")
     except Exception as e:  # e.g. LPIPS weights that cannot be fetched: keep the speedup table
         logger.exception("fidelity failed")
         return {}, f"fidelity failed: {type(e).__name__}: {e}"
@@ -97,11 +110,11 @@ def _mean(result: dict[str, Any] | None, metric: str) -> float:
 
 
 def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
-               fidelity: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per candidate (baseline first) from log runs and fidelity results."""
-    timing = {r["mode"]: r for r in summarize(runs, [BASELINE] + [m for _, m in candidates], baseline=BASELINE)}
+               fidelity: dict[str, Any], baseline: str = BASELINE) -> list[dict[str, Any]]:
+    """One row per candidate (baseline first, labelled ``baseline``) from log runs and fidelity results."""
+    timing = {r["mode"]: r for r in summarize(runs, [baseline] + [m for _, m in candidates], baseline=baseline)}
     rows = []
-    for label, mode in [(BASELINE, BASELINE)] + candidates:
+    for label, mode in [("baseline", baseline)] + candidates:
         t = timing.get(mode, {})
         rows.append({
             "label": label, "mode": mode,
@@ -114,8 +127,8 @@ def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
 
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The candidate (never the baseline) that is best by ``metric``; None if no candidate has a value."""
-    scored = [r for r in rows if r["mode"] != BASELINE and not math.isnan(r[metric])]
+    """The candidate (never the baseline, the first row) that is best by ``metric``; None if none has a value."""
+    scored = [r for r in rows[1:] if not math.isnan(r[metric])]
     return METRICS[metric](scored, key=lambda r: r[metric]) if scored else None
 
 
@@ -151,18 +164,99 @@ def to_markdown(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | 
     return "\n".join(lines) + "\n"
 
 
+def write_best(root: Path, rows: list[dict[str, Any]], metric: str, settings: Any) -> Path | None:
+    """``best_config.json`` (the best candidate, its numbers, and the ``--modes`` value of a full batch run with it:
+    baseline and best) and ``best_modes.txt`` (that value alone, for ``--modes "$(cat best_modes.txt)"``). None, and
+    nothing written, when no candidate has a value for ``metric``."""
+    best = best_row(rows, metric)
+    if best is None:
+        return None
+    baseline = rows[0]["mode"]
+    modes = f"{baseline},{best['mode']}"
+    data = {
+        "metric": metric, "label": best["label"], "mode": best["mode"], "baseline": baseline,
+        **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.items()
+           if k not in ("label", "mode")},
+        "num_steps": getattr(settings, "num_steps", None),
+        "modes": modes,
+        "batch_command": f"genmo-teacache batch --modes {modes}",
+    }
+    with atomic_path(root / BEST_CONFIG) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with atomic_path(root / BEST_MODES) as tmp:
+        tmp.write_text(modes + "\n")
+    return root / BEST_CONFIG
+
+
+def sweep_options(f: Any) -> Any:
+    """The reference mini-experiment's options, besides those the sweep shares with the batch command."""
+    for option in reversed([
+        click.option("--seed", type=int, default=None,
+                     help="Seed of the videos (the reference script's name for --generation-seed)."),
+        click.option("--start-idx", "--start_idx", "start_idx", type=click.IntRange(min=0), default=0,
+                     show_default=True, help="First prompt of the sweep (index into the prompt list)."),
+        click.option("--end-idx", "--end_idx", "end_idx", type=click.IntRange(min=1), default=None,
+                     help="End of the prompt range, exclusive (default: --start-idx + --num-prompts). Prompt "
+                          "indices, not the reference's job indices: split the jobs with --gpu-id/--total-gpus."),
+        click.option("--gpu-id", "--gpu_id", "gpu_id", type=click.IntRange(min=0), default=None,
+                     help="With --total-gpus: run only this share of the cost-balanced split (one process per "
+                          "GPU); the process that finds every video done writes the table."),
+        click.option("--total-gpus", "--total_gpus", "total_gpus", type=click.IntRange(min=1), default=1,
+                     show_default=True, help="Number of shares for a split by hand (see --gpu-id)."),
+        click.option("--baseline", default=BASELINE, show_default=True,
+                     help="Folder (mode name) of the uncached baseline; any name that means no caching."),
+    ]):
+        f = option(f)
+    return f
+
+
+def check_sweep_options(o: dict[str, Any]) -> int:
+    """Validate the options of :func:`sweep_options` (before any model loads); returns the generation seed."""
+    seed = o["generation_seed"]
+    if o["seed"] is not None:
+        if seed not in (0, o["seed"]):
+            raise click.BadParameter(f"--seed {o['seed']} and --generation-seed {seed} disagree: give one of them",
+                                     param_hint="--seed")
+        seed = o["seed"]
+    if o["gpu_id"] is not None and o["gpu_id"] >= o["total_gpus"]:
+        raise click.BadParameter(f"--gpu-id {o['gpu_id']} needs --total-gpus > {o['gpu_id']}", param_hint="--gpu-id")
+    if o["total_gpus"] > 1 and o["gpu_id"] is None and not o["dry_run"]:
+        raise click.BadParameter("--total-gpus > 1 needs --gpu-id (which share this process runs)",
+                                 param_hint="--gpu-id")
+    if o["use_ray"] and o["total_gpus"] > 1:
+        raise click.UsageError("--ray schedules jobs over the whole cluster: do not combine it with --gpu-id / "
+                               "--total-gpus (a split by hand)")
+    if not is_baseline(o["baseline"]):
+        raise click.BadParameter(f"{o['baseline']!r} is not the uncached baseline: use e.g. mochi_baseline",
+                                 param_hint="--baseline")
+    return seed
+
+
 def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
-              device: str | None = None) -> dict[str, Any] | None:
-    """After generation: fidelity, the table (CSV + Markdown, printed); returns the best row (or None)."""
+              device: str | None = None, baseline: str = BASELINE) -> dict[str, Any] | None:
+    """After generation: fidelity, the table (CSV + Markdown, printed) and the best candidate's files; returns the
+    best row (or None). With videos of the sweep still missing (other shares of a split), it only says so."""
     root = plan.root
-    log = read_json(plan.log_path) or {}
-    runs = log.get("runs", [])
-    fidelity, note = compute_fidelity(root, [BASELINE] + [m for _, m in candidates], device)
-    rows = sweep_rows(runs, candidates, fidelity)
+    missing = [job for job in plan.all_jobs if not job.video_path(root).exists()]
+    if missing:
+        click.echo(f"\n{len(missing)} video(s) of the sweep are missing (other shares of --gpu-id/--total-gpus, or "
+                   "failed jobs): fidelity and the table are written when every video exists; run the same command "
+                   "without --gpu-id once all shares are done.")
+        return None
+    wanted = {(job.mode, job.prompt, job.sample) for job in plan.all_jobs}
+    runs = [r for r in read_logs(root) if (r.get("mode"), r.get("prompt"), r.get("sample", 0)) in wanted]
+    fidelity, note = compute_fidelity(root, [baseline] + [m for _, m in candidates], device, baseline)
+    rows = sweep_rows(runs, candidates, fidelity, baseline)
     best = best_row(rows, metric)
     markdown = to_markdown(rows, metric, best, note)
     for name, text in (("sweep_results.csv", to_csv(rows)), ("sweep_results.md", markdown)):
         with atomic_path(root / name) as tmp:
             tmp.write_text(text)
-    click.echo("\n" + markdown + f"Tables: {root / 'sweep_results.csv'}, {root / 'sweep_results.md'}")
+    best_file = write_best(root, rows, metric, plan.settings)
+    tail = ""
+    if best_file is not None:
+        modes = (root / BEST_MODES).read_text().strip()
+        tail = (f"\nBest configuration: {best_file}; full run with it: genmo-teacache batch --modes {modes} "
+                f"(or --modes \"$(cat {root / BEST_MODES})\")")
+    click.echo("\n" + markdown + f"Tables: {root / 'sweep_results.csv'}, {root / 'sweep_results.md'}" + tail)
     return best

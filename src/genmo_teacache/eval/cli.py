@@ -48,6 +48,25 @@ def _dimensions(values: Sequence[str] | str | None) -> list[str]:
     return dims
 
 
+def _videos_dir(path: Path, option: str) -> Path:
+    """The folder of mode folders: ``path`` itself, or ``videos/`` of a batch output folder (see layout)."""
+    from genmo_teacache.eval.layout import find_videos_dir
+
+    try:
+        return find_videos_dir(path)
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint=option) from err
+
+
+def _list_modes(videos: Path, option: str) -> list[str]:
+    from genmo_teacache.eval.layout import list_modes
+
+    try:
+        return list_modes(videos)
+    except FileNotFoundError as err:
+        raise click.BadParameter(str(err), param_hint=option) from err
+
+
 def _resolve_modes(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
     from genmo_teacache.eval.layout import resolve_modes
 
@@ -68,37 +87,93 @@ def _run_fidelity(videos: Path, baseline: str, modes: list[str], save_dir: Path,
 
 
 def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: list[str], full_info: Path | None,
-                device: str, overwrite: bool) -> list:
-    from genmo_teacache.eval.vbench_runner import run_vbench
+                device: str, overwrite: bool, table_follows: bool) -> list:
+    """Run VBench and print what happened: counts, and (when no table with its notes follows) each reason for an
+    n/a once, with the modes and dimensions it applies to."""
+    from genmo_teacache.eval.vbench_runner import UNAVAILABLE_STATUSES, run_vbench
 
     outcomes = run_vbench(videos, modes, scores_dir, dimensions=dimensions, full_info=full_info, device=device,
                           overwrite=overwrite)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    for o in outcomes:
-        if o.status in ("failed", "no_videos"):
-            click.echo(f"  n/a {o.mode} / {o.dimension}: {o.reason}")
+    unavailable = [o for o in outcomes if o.status in UNAVAILABLE_STATUSES]
+    where = "under the table below" if table_follows else "below"
+    click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+               + (f" (why {len(unavailable)} are n/a: {where})" if unavailable else ""))
+    if unavailable and not table_follows:
+        by_reason: dict[str, dict[str, list[str]]] = {}
+        for o in unavailable:
+            by_reason.setdefault(o.reason or o.status, {}).setdefault(o.mode, []).append(o.dimension)
+        for reason, dims_of in by_reason.items():
+            groups: dict[tuple[str, ...], list[str]] = {}
+            for mode, dims in dims_of.items():
+                groups.setdefault(tuple(dims), []).append(mode)
+            click.echo("- n/a: " + "; ".join(f"{', '.join(ms)} / {', '.join(ds)}" for ds, ms in groups.items())
+                       + f": {reason}")
     return outcomes
 
 
+def _baseline(given: str | None, candidates: Sequence[str], where: str) -> str:
+    """``--baseline``, or the one candidate whose name contains "baseline" (said so); a usage error otherwise."""
+    from genmo_teacache.eval.layout import pick_baseline
+
+    if given:
+        return given
+    try:
+        found = pick_baseline(candidates, where)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--baseline") from err
+    click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'; another one: --baseline)")
+    return found
+
+
+def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None, list[str]]:
+    """(the folder of the generation logs, warnings). A ``--gen-log-dir`` without any log near it is an error (before
+    anything runs); without the option, missing logs are a warning at the end (the tables lack latency and
+    speedup)."""
+    from genmo_teacache.eval.timing import find_log_dir, find_logs, log_dir_candidates
+
+    searched = log_dir_candidates(given) if given is not None else list(defaults)
+    shown = ", ".join(dict.fromkeys(str(c) for c in searched))
+    found = find_log_dir(given) if given is not None else next((d for d in defaults if find_logs(d)), None)
+    if found is not None:
+        click.echo(f"generation logs (latency, speedup): {found}")
+        return found, []
+    hint = "the logs/ folder of the batch run, or its --output-dir"
+    if given is not None:
+        raise click.BadParameter(f"no generation log (generation_log_*.json) in {shown}: point it at {hint}, or leave "
+                                 "it out to build the tables without latency and speedup", param_hint="--gen-log-dir")
+    return None, [f"no generation log (generation_log_*.json) in {shown}: the Latency and Speedup columns are empty; "
+                  f"pass --gen-log-dir ({hint})"]
+
+
 def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_dir: Path | None,
-             log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None]
-             ) -> dict[str, Path]:
+             log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None],
+             warnings: Sequence[str] = ()) -> None:
+    """Tables, results JSON and plots; the output ends with where they are, the summary table and the warnings."""
     from genmo_teacache.eval.plots import find_delta_temni, write_plots
-    from genmo_teacache.eval.tables import collect, write_tables
+    from genmo_teacache.eval.tables import collect, console_report, write_tables
 
     comp = collect(modes, baseline, scores_dir, fidelity_dir, log_dir)
+    comp.warnings[:0] = list(warnings)
     written = write_tables(comp, out_dir, output_json)
     written.update(write_plots(comp, out_dir / "plots", temni_groups=find_delta_temni(*temni_dirs)))
-    return written
+    _echo_outputs(out_dir, written)
+    click.echo("\n" + console_report(comp))
+    for warning in comp.warnings:
+        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
 
 
-def _echo_outputs(title: str, paths: dict[str, Path] | Sequence[Path]) -> None:
-    click.echo(title)
-    for path in (paths.values() if isinstance(paths, dict) else paths):
-        click.echo(f"  {path}")
+def _echo_outputs(out_dir: Path, paths: dict[str, Path]) -> None:
+    """One line: the results folder and what is in it (paths relative to it where they are inside)."""
+    names = []
+    for path in paths.values():
+        try:
+            names.append(str(path.relative_to(out_dir)))
+        except ValueError:
+            names.append(str(path))
+    click.echo(f"tables, results JSON and plots in {out_dir}: {', '.join(names)}")
 
 
 DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if available), cpu, cuda, cuda:1, ..."
@@ -106,8 +181,11 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--videos", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
-              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode.")
-@click.option("--baseline", required=True, help="Mode folder of the uncached baseline, e.g. mochi_baseline.")
+              help="Folder with one sub-folder of {prompt}-{i}.mp4 videos per mode, or the --output-dir of a batch "
+                   "run (whose videos/ holds them).")
+@click.option("--baseline", default=None,
+              help="Mode folder of the uncached baseline, e.g. mochi_baseline. Default: the one folder whose name "
+                   "contains 'baseline' (an error if there is none or several).")
 @click.option("--modes", multiple=True,
               help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -118,19 +196,22 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 @click.option("--skip-fidelity", is_flag=True, help="Do not compute PSNR/SSIM/LPIPS.")
 @click.option("--skip-vbench", is_flag=True, help="Do not run VBench.")
 @click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder of generation_log_*.json (for latency and speedup). Default: logs/ beside the videos.")
+              help="Folder of generation_log_*.json (for latency and speedup), or the batch run's --output-dir or "
+                   "videos folder (its logs/ is found). Default: logs/ beside the videos.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
-def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: Path | None, full_info: Path | None,
-                     dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool, gen_log_dir: Path | None,
-                     device: str, overwrite: bool) -> None:
+def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...], out: Path | None,
+                     full_info: Path | None, dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool,
+                     gen_log_dir: Path | None, device: str, overwrite: bool) -> None:
     """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
     was computed already."""
     _setup_logging()
     dims = _dimensions(dimensions)
+    videos = _videos_dir(videos, "--videos")
+    baseline = _baseline(baseline, _list_modes(videos, "--videos"), str(videos))
     compare_modes = _resolve_modes(videos, baseline, modes)
     out = out if out is not None else videos.parent / "results"
-    log_dir = gen_log_dir if gen_log_dir is not None else videos.parent / "logs"
+    log_dir, warnings = _log_dir(gen_log_dir, [videos.parent / "logs"])
     fidelity_dir, scores_dir = out / "fidelity_metrics", out / "vbench_scores"
     click.echo(f"baseline {baseline}; modes: {', '.join(compare_modes) or '(none)'}")
 
@@ -144,10 +225,9 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
     if skip_vbench:
         click.echo("VBench: skipped (--skip-vbench)")
     else:
-        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite)
+        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite, True)
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
-    written = _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir])
-    _echo_outputs("tables and plots:", written)
+    _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings)
 
 
 # ---------------------------------------------------------------- the reference-named entry points
@@ -156,19 +236,25 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
 @click.command("run_fidelity_metrics", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--video-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/videos"), show_default=True,
               help="Folder with one sub-folder of videos per mode.")
-@click.option("--baseline", required=True, help="Mode folder of the uncached baseline.")
+@click.option("--baseline", default=None,
+              help="Mode folder of the uncached baseline. Default: the one folder whose name contains 'baseline'.")
 @click.option("--modes", multiple=True, help="Modes (comma-separated). Default: every folder but the baseline.")
 @click.option("--save-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
               show_default=True, help="Where {mode}_vs_{baseline}.json and all_fidelity_results.json go.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute modes whose result file exists.")
-def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], save_dir: Path, device: str,
+def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ...], save_dir: Path, device: str,
                      overwrite: bool) -> None:
     """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
+    from genmo_teacache.eval.tables import collect, fidelity_report
+
     _setup_logging()
+    video_dir = _videos_dir(video_dir, "--video-dir")
+    baseline = _baseline(baseline, _list_modes(video_dir, "--video-dir"), str(video_dir))
     compare_modes = _resolve_modes(video_dir, baseline, modes)
     _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
-    click.echo(f"fidelity results: {save_dir}")
+    click.echo(f"fidelity results: {save_dir}\n")
+    click.echo(fidelity_report(collect(compare_modes, baseline, None, save_dir, None)))
 
 
 @click.command("run_vbench_eval", context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,20 +271,16 @@ def fidelity_command(video_dir: Path, baseline: str, modes: tuple[str, ...], sav
 def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full_info: Path | None,
                    dimensions: tuple[str, ...], device: str, overwrite: bool) -> None:
     """VBench on every mode and dimension (in VBench's own environment, created on first use)."""
-    from genmo_teacache.eval.layout import list_modes
-
     _setup_logging()
     dims = _dimensions(dimensions)
-    try:
-        existing = list_modes(video_dir)
-    except FileNotFoundError as err:
-        raise click.BadParameter(str(err), param_hint="--video-dir") from err
+    video_dir = _videos_dir(video_dir, "--video-dir")
+    existing = _list_modes(video_dir, "--video-dir")
     chosen = _split(modes) or existing
     missing = [m for m in chosen if m not in existing]
     if missing:
         raise click.BadParameter(f"mode folder(s) {', '.join(missing)} not in {video_dir}; folders there: "
                                  f"{', '.join(existing) or '(none)'}", param_hint="--modes")
-    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite)
+    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite, False)
     click.echo(f"VBench results: {save_dir}")
 
 
@@ -207,26 +289,35 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
               show_default=True, help="VBench results, one folder per mode.")
 @click.option("--fidelity-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/fidelity_metrics"),
               show_default=True, help="Fidelity results.")
-@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=Path("vbench_eval/logs"), show_default=True,
-              help="Folder of generation_log_*.json files.")
+@click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of generation_log_*.json files, or the batch run's --output-dir or videos folder (its "
+                   "logs/ is found). Default: vbench_eval/logs, else logs/ beside the scores folder.")
 @click.option("--output-json", type=click.Path(path_type=Path),
               default=Path("vbench_eval/all_comparison_results.json"), show_default=True,
               help="Combined results JSON; the CSV/Markdown tables and plots/ go beside it.")
-@click.option("--baseline", required=True, help="Mode that speedups and fidelity are measured against.")
+@click.option("--baseline", default=None,
+              help="Mode that speedups and fidelity are measured against. Default: the one mode (of --modes, else "
+                   "of the results) whose name contains 'baseline'.")
 @click.option("--modes", multiple=True,
               help="Modes in table order (comma-separated). Default: every mode with VBench or fidelity results.")
-def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path, output_json: Path, baseline: str,
-                    modes: tuple[str, ...]) -> None:
+def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | None, output_json: Path,
+                    baseline: str | None, modes: tuple[str, ...]) -> None:
     """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
-    from genmo_teacache.eval.tables import load_fidelity
+    from genmo_teacache.eval.tables import read_fidelity_files
 
     _setup_logging()
     chosen = _split(modes)
-    if not chosen:
-        found = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name not in ("logs",)
-                 and not p.name.startswith(".")} if scores_dir.is_dir() else set()
-        found |= set(load_fidelity(fidelity_dir, baseline))
-        chosen = sorted(found - {baseline})
-    written = _compare(baseline, chosen, scores_dir, fidelity_dir, gen_log_dir, output_json.parent, output_json,
-                       [gen_log_dir])
-    _echo_outputs("tables and plots:", written)
+    scored: set[str] = set()
+    if scores_dir.is_dir():
+        scored = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
+                  and not p.name.startswith(".")}
+    fidelity = read_fidelity_files(fidelity_dir)
+    named = scored | set(fidelity) | {str(d["baseline"]) for d in fidelity.values() if d.get("baseline")}
+    where = "--modes" if chosen else f"{scores_dir} and {fidelity_dir}"
+    baseline = _baseline(baseline, chosen or sorted(named), where)
+    if not chosen:  # VBench results, and fidelity results against this baseline
+        chosen = sorted((scored | {m for m, d in fidelity.items() if d.get("baseline") == baseline}) - {baseline})
+    log_dir, warnings = _log_dir(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
+                                               scores_dir.parent.parent / "logs"])
+    _compare(baseline, chosen, scores_dir, fidelity_dir, log_dir, output_json.parent, output_json, [log_dir],
+             warnings)

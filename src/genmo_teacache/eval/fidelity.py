@@ -11,12 +11,18 @@
 
 Outputs (in ``save_dir``): ``{mode}_vs_{baseline}.json`` = ``{mode, baseline, num_videos, psnr: {mean, std}, ssim,
 lpips}`` (plus ``problems``: videos without a readable partner, only when there are any), per-video values in
-``per_video/{mode}_vs_{baseline}.json``, and ``all_fidelity_results.json`` keyed by mode. A mode whose result file
-exists is skipped unless ``overwrite``.
+``per_video/{mode}_vs_{baseline}.json``, and ``all_fidelity_results.json`` keyed by mode.
+
+Resuming: each per-video entry records the two files it was computed from (size, mtime) and the metric settings
+(:data:`SETTINGS_ID`). A pair is reused only when all three still match; pairs added since, regenerated or measured
+under other settings are computed, pairs whose videos are gone are dropped, and the mode's files are rewritten only
+when that changes them (``overwrite`` recomputes everything).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genmo_teacache.eval.layout import list_videos
+from genmo_teacache.eval.layout import describe_error, list_videos
 from genmo_teacache.video import read_video, write_json
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,16 @@ SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 SSIM_CROP = SSIM_WINDOW // 2  # 5: the filtered maps keep only windows fully inside the image
 ALL_RESULTS = "all_fidelity_results.json"
+# Everything that decides the numbers (not the device: CPU and GPU agree to 1e-7). Results computed under other
+# settings are not reused.
+SETTINGS: dict[str, Any] = {
+    "decode": "imageio ffmpeg, uint8 RGB / 255, native resolution, truncated to the shorter video",
+    "psnr": {"identical": PSNR_IDENTICAL, "mse_floor": PSNR_MSE_FLOOR},
+    "ssim": {"window": SSIM_WINDOW, "sigma": SSIM_SIGMA, "c1": SSIM_C1, "c2": SSIM_C2, "crop": SSIM_CROP,
+             "dtype": "float64", "channels": "mean of 3"},
+    "lpips": {"net": "alex", "version": "0.1", "spatial": True, "inputs": "[-1, 1]", "reduce": "mean"},
+}
+SETTINGS_ID = hashlib.sha256(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def gaussian_kernel(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -178,6 +194,12 @@ class FidelityScorer:
                            lpips=float(per_frame["lpips"].mean()), frames_baseline=len(a), frames_mode=len(b))
 
 
+def file_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """What identifies a video file's content for resuming: its size and modification time (ns)."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "std": None}
@@ -185,12 +207,21 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "std": float(arr.std())}
 
 
-def evaluate_mode(scorer: FidelityScorer, videos_dir: str | os.PathLike, baseline: str, mode: str
-                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Compare every video of ``mode`` with its namesake in ``baseline``. Returns (summary, per-video list).
-    Videos without a partner, or that cannot be decoded or compared, are logged and listed in ``problems``."""
-    from tqdm.auto import tqdm
+@dataclass
+class ModePlan:
+    """The pairs of one mode: what can be reused from an earlier run and what must be computed."""
 
+    mode: str
+    pairs: dict[str, tuple[Path, Path]]  # video name -> (baseline video, mode video)
+    problems: list[dict[str, str]]  # videos without a partner
+    reused: dict[str, dict[str, Any]]  # video name -> per-video entry of an earlier run, still valid
+    todo: list[str]  # video names to compute
+
+
+def plan_mode(videos_dir: str | os.PathLike, baseline: str, mode: str,
+              previous: Sequence[dict[str, Any]] = ()) -> ModePlan:
+    """Pair the videos of ``mode`` with the baseline's by file name; an entry of ``previous`` (an earlier per-video
+    list) is reused when both files and the metric settings are those it was computed from."""
     videos_dir = Path(videos_dir)
     base_videos = {p.name: p for p in list_videos(videos_dir / baseline)}
     mode_videos = {p.name: p for p in list_videos(videos_dir / mode)}
@@ -199,29 +230,81 @@ def evaluate_mode(scorer: FidelityScorer, videos_dir: str | os.PathLike, baselin
         problems.append({"video": name, "reason": f"missing in {mode}"})
     for name in sorted(set(mode_videos) - set(base_videos)):
         problems.append({"video": name, "reason": f"missing in the baseline {baseline}"})
-    scores: list[VideoScores] = []
-    for name in tqdm(sorted(set(base_videos) & set(mode_videos)), desc=f"fidelity {mode}", unit="video"):
-        try:
-            scores.append(scorer.score_files(base_videos[name], mode_videos[name]))
-        except Exception as err:  # an unreadable or mismatched pair is reported, not fatal for the mode
-            problems.append({"video": name, "reason": f"{type(err).__name__}: {err}"})
+    pairs = {name: (base_videos[name], mode_videos[name]) for name in sorted(set(base_videos) & set(mode_videos))}
+    earlier = {e.get("video"): e for e in previous if isinstance(e, dict)}
+    reused, todo = {}, []
+    for name, (base_video, mode_video) in pairs.items():
+        entry = earlier.get(name)
+        if (entry is not None and entry.get("settings") == SETTINGS_ID
+                and entry.get("baseline_file") == file_stamp(base_video)
+                and entry.get("mode_file") == file_stamp(mode_video)):
+            reused[name] = entry
+        else:
+            todo.append(name)
+    return ModePlan(mode, pairs, problems, reused, todo)
+
+
+def evaluate_mode(scorer: FidelityScorer | None, videos_dir: str | os.PathLike, baseline: str, mode: str,
+                  previous: Sequence[dict[str, Any]] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Compare every video of ``mode`` with its namesake in ``baseline``. Returns (summary, per-video list).
+    Videos without a partner, or that cannot be decoded or compared, are logged and listed in ``problems``.
+    Entries of ``previous`` still valid for the same files are reused (see :func:`plan_mode`); ``scorer`` may be
+    None when nothing needs computing."""
+    plan = plan_mode(videos_dir, baseline, mode, previous)
+    return _evaluate(plan, scorer, baseline)
+
+
+def _evaluate(plan: ModePlan, scorer: FidelityScorer | None, baseline: str
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from tqdm.auto import tqdm
+
+    mode = plan.mode
+    logger.info("fidelity %s vs %s: reused %d of %d video pairs, computing %d", mode, baseline, len(plan.reused),
+                len(plan.pairs), len(plan.todo))
+    entries = dict(plan.reused)
+    problems = list(plan.problems)
+    if plan.todo:
+        assert scorer is not None, "a scorer is needed to compute new pairs"
+        for name in tqdm(plan.todo, desc=f"fidelity {mode}", unit="video"):
+            base_video, mode_video = plan.pairs[name]
+            try:
+                stamps = {"baseline_file": file_stamp(base_video), "mode_file": file_stamp(mode_video)}
+                scores = scorer.score_files(base_video, mode_video)
+            except Exception as err:  # an unreadable or mismatched pair is reported, not fatal for the mode
+                problems.append({"video": name, "reason": describe_error(err)})
+                continue
+            entries[name] = {**scores.to_dict(), **stamps, "settings": SETTINGS_ID}
+    problems.sort(key=lambda p: p["video"])
     for p in problems:
-        logger.warning("fidelity %s vs %s: %s: %s", mode, baseline, p["video"], p["reason"])
+        logger.warning("fidelity %s vs %s: %s left out: %s", mode, baseline, p["video"], p["reason"])
+    per_video = [entries[name] for name in sorted(entries)]
     summary: dict[str, Any] = {
         "mode": mode,
         "baseline": baseline,
-        "num_videos": len(scores),
-        "psnr": _stats([s.psnr for s in scores]),
-        "ssim": _stats([s.ssim for s in scores]),
-        "lpips": _stats([s.lpips for s in scores]),
+        "num_videos": len(per_video),
+        "psnr": _stats([v["psnr"] for v in per_video]),
+        "ssim": _stats([v["ssim"] for v in per_video]),
+        "lpips": _stats([v["lpips"] for v in per_video]),
     }
     if problems:
         summary["problems"] = problems
-    return summary, [s.to_dict() for s in scores]
+    return summary, per_video
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def result_path(save_dir: str | os.PathLike, mode: str, baseline: str) -> Path:
     return Path(save_dir) / f"{mode}_vs_{baseline}.json"
+
+
+def per_video_path(save_dir: str | os.PathLike, mode: str, baseline: str) -> Path:
+    return Path(save_dir) / "per_video" / f"{mode}_vs_{baseline}.json"
 
 
 def run_fidelity(
@@ -234,44 +317,41 @@ def run_fidelity(
     frame_batch: int = 8,
     lpips_model: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Fidelity of every mode against ``baseline``; resumable (existing per-mode results are kept unless
-    ``overwrite``). Writes the per-mode files and ``all_fidelity_results.json``; returns the latter's content.
-    ``lpips_model``: an LPIPS model to reuse (default: built with the offline weights when needed)."""
-    import json
-
+    """Fidelity of every mode against ``baseline``, resuming per video pair (see the module docstring; ``overwrite``
+    recomputes every pair). Writes the per-mode files and ``all_fidelity_results.json``; returns the latter's
+    content. ``lpips_model``: an LPIPS model to reuse (default: built with the offline weights when needed)."""
     save_dir = Path(save_dir)
     results: dict[str, dict[str, Any]] = {}
-    todo = []
+    plans = []
     for mode in modes:
         if mode == baseline:
             continue
-        path = result_path(save_dir, mode, baseline)
-        if path.is_file() and not overwrite:
-            logger.info("fidelity %s: kept existing %s", mode, path)
-            with open(path) as f:
-                results[mode] = json.load(f)
-        else:
-            todo.append(mode)
-    if todo:
+        previous = [] if overwrite else _read_json(per_video_path(save_dir, mode, baseline)) or []
+        plans.append(plan_mode(videos_dir, baseline, mode, previous if isinstance(previous, list) else []))
+    scorer = None
+    if any(plan.todo for plan in plans):
         scorer = FidelityScorer(device, frame_batch=frame_batch, lpips_model=lpips_model)
-        logger.info("fidelity on %s for %s", scorer.device, ", ".join(todo))
-        for mode in todo:
-            summary, per_video = evaluate_mode(scorer, videos_dir, baseline, mode)
-            if summary["num_videos"] == 0:
-                logger.error("fidelity %s vs %s: no video pair could be compared; nothing written (will retry)",
-                             mode, baseline)
-                continue
-            write_json(save_dir / "per_video" / f"{mode}_vs_{baseline}.json", per_video)
-            write_json(result_path(save_dir, mode, baseline), summary)
-            results[mode] = summary
-            logger.info("fidelity %s vs %s over %d videos: PSNR %.4f, SSIM %.4f, LPIPS %.4f", mode, baseline,
-                        summary["num_videos"], summary["psnr"]["mean"], summary["ssim"]["mean"],
-                        summary["lpips"]["mean"])
+        logger.info("fidelity on %s for %s", scorer.device, ", ".join(plan.mode for plan in plans if plan.todo))
+    for plan in plans:
+        mode = plan.mode
+        summary, per_video = _evaluate(plan, scorer, baseline)
+        path, pv_path = result_path(save_dir, mode, baseline), per_video_path(save_dir, mode, baseline)
+        if summary["num_videos"] == 0:
+            logger.error("fidelity %s vs %s: no video pair could be compared; nothing written (will retry)",
+                         mode, baseline)
+            for stale in (path, pv_path):
+                stale.unlink(missing_ok=True)  # an earlier result over videos that are gone is no result
+            continue
+        if overwrite or _read_json(path) != summary or _read_json(pv_path) != per_video:
+            write_json(pv_path, per_video)
+            write_json(path, summary)
+        results[mode] = summary
+        logger.info("fidelity %s vs %s over %d videos: PSNR %.4f, SSIM %.4f, LPIPS %.4f", mode, baseline,
+                    summary["num_videos"], summary["psnr"]["mean"], summary["ssim"]["mean"], summary["lpips"]["mean"])
     # all_fidelity_results.json: every result against this baseline in save_dir (earlier runs' modes included)
     for path in sorted(save_dir.glob(f"*_vs_{baseline}.json")):
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict) and data.get("baseline") == baseline:
+        data = _read_json(path)
+        if isinstance(data, dict) and data.get("baseline") == baseline and "mode" in data:
             results.setdefault(data["mode"], data)
     ordered = {m: results[m] for m in modes if m in results}
     ordered.update({m: results[m] for m in sorted(results) if m not in ordered})

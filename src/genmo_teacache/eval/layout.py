@@ -1,10 +1,17 @@
-"""The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only."""
+"""The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only.
+
+The batch generator writes ``<output-dir>/videos/<mode>/`` beside ``<output-dir>/logs/`` and
+``<output-dir>/prompt_names.json``; :func:`find_videos_dir` accepts that root (or the folder above it, as in the
+doubled ``vbench_eval/videos/videos/<mode>/`` that ``--output-dir vbench_eval/videos`` makes) as well as the videos
+folder itself.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIX = ".mp4"
 PROMPT_NAMES = "prompt_names.json"
+VIDEOS = "videos"  # the batch generator's videos folder under its --output-dir
+MAX_DESCENT = 2  # <root>/videos/videos/<mode>: a batch run with --output-dir <root>/videos
 
 
 def list_videos(mode_dir: str | os.PathLike) -> list[Path]:
@@ -32,6 +41,25 @@ def list_videos(mode_dir: str | os.PathLike) -> list[Path]:
     return videos
 
 
+_FFMPEG_BANNER = ("ffmpeg version", "built with", "configuration:", "lib", "Copyright")
+_FFMPEG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+
+
+def describe_error(err: BaseException) -> str:
+    """A one-line reason for a failure to read a video: the exception's first line plus the last lines of ffmpeg's
+    own report (its banner and memory addresses left out, so that the same failure always reads the same)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    first = next((line for line in lines if line), "")
+    details: list[str] = []
+    if "=== stderr ===" in lines:
+        for line in lines[lines.index("=== stderr ===") + 1:]:
+            line = _FFMPEG_PREFIX.sub("", line).strip()
+            if line and not line.startswith(_FFMPEG_BANNER) and line not in details:
+                details.append(line)
+    text = f"{type(err).__name__}: {first}" + (f" (ffmpeg: {'; '.join(details[-2:])})" if details else "")
+    return text[:300]
+
+
 def list_modes(videos_dir: str | os.PathLike) -> list[str]:
     """Mode folders of a videos folder (sorted; hidden folders left out)."""
     videos_dir = Path(videos_dir)
@@ -39,6 +67,46 @@ def list_modes(videos_dir: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"videos folder {videos_dir} does not exist: pass the folder that holds one "
                                 "sub-folder of videos per mode (--videos / --video-dir)")
     return sorted(p.name for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _mode_folders_with_videos(folder: Path) -> list[str]:
+    """Sub-folders of ``folder`` that hold at least one finished ``.mp4`` (what a mode folder looks like)."""
+    out = []
+    for sub in sorted(folder.iterdir()):
+        if sub.is_dir() and not sub.name.startswith(".") and any(
+                p.suffix == VIDEO_SUFFIX and not p.name.startswith(".") for p in sub.iterdir()):
+            out.append(sub.name)
+    return out
+
+
+def find_videos_dir(path: str | os.PathLike) -> Path:
+    """The folder that holds the mode folders, given that folder, a batch ``--output-dir`` (which has
+    ``videos/<mode>/``) or the folder above one (``vbench_eval`` for ``vbench_eval/videos/videos/<mode>/``).
+
+    Descends into ``videos/`` while the folder has one and no mode folder of its own. Raises FileNotFoundError if
+    ``path`` does not exist, or if mode folders sit both in ``path`` and in ``path/videos`` (say which one is meant).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"videos folder {path} does not exist: pass the folder that holds one sub-folder of "
+                                "videos per mode, or the --output-dir of the batch run (--videos / --video-dir)")
+    found = path
+    for _ in range(MAX_DESCENT):
+        inner = found / VIDEOS
+        if not inner.is_dir():
+            break
+        own = [m for m in _mode_folders_with_videos(found) if m != VIDEOS]
+        if own:
+            if _mode_folders_with_videos(inner):
+                raise FileNotFoundError(
+                    f"{found} holds mode folders ({', '.join(own)}) and so does {inner} "
+                    f"({', '.join(_mode_folders_with_videos(inner))}): pass the one you mean as --videos / "
+                    "--video-dir")
+            break
+        found = inner
+    if found != path:
+        logger.info("videos of %s: mode folders in %s", path, found)
+    return found
 
 
 def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
@@ -52,6 +120,22 @@ def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected {{file stem: prompt}}, got {type(data).__name__}")
     return {str(k): str(v) for k, v in data.items()}
+
+
+BASELINE_MARKER = "baseline"
+
+
+def pick_baseline(modes: Sequence[str], where: str) -> str:
+    """The one mode whose name contains ``baseline``. Raises ValueError (naming the candidates and ``--baseline``)
+    when there is none or several: the baseline is never guessed beyond that."""
+    found = sorted({m for m in modes if BASELINE_MARKER in m.lower()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ValueError(f"no mode name in {where} contains {BASELINE_MARKER!r} (modes: "
+                         f"{', '.join(sorted(set(modes))) or '(none)'}): name the uncached mode with --baseline")
+    raise ValueError(f"several modes in {where} contain {BASELINE_MARKER!r} ({', '.join(found)}): choose one with "
+                     "--baseline")
 
 
 def resolve_modes(videos_dir: str | os.PathLike, baseline: str, modes: Sequence[str] | None) -> list[str]:

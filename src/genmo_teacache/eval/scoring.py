@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +139,53 @@ def load_raw_scores(score_dir: str | os.PathLike) -> dict[str, float]:
             found[dim] = float(value[0] if isinstance(value, list) else value)
     order = {dim: i for i, dim in enumerate(ALL_DIMENSIONS)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+@dataclass(frozen=True)
+class DimensionResult:
+    """One dimension's VBench result: its mean and, when the file lists them, the per-video scores by file name."""
+
+    mean: float
+    per_video: dict[str, float] | None
+
+
+def load_dimension_results(score_dir: str | os.PathLike) -> dict[str, DimensionResult]:
+    """Like :func:`load_raw_scores`, with the per-video scores (``None`` where a file has no usable list)."""
+    score_dir = Path(score_dir)
+    found: dict[str, DimensionResult] = {}
+    if not score_dir.is_dir():
+        return found
+    for path in sorted(score_dir.iterdir()):
+        if not path.name.endswith(RESULT_SUFFIX) or path.name.startswith("."):
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        for dim, value in data.items():
+            mean = float(value[0] if isinstance(value, list) else value)
+            per_video: dict[str, float] | None = None
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], list):
+                per_video = {}
+                for item in value[1]:
+                    score = item.get("video_results") if isinstance(item, dict) else None
+                    video = item.get("video_path") if isinstance(item, dict) else None
+                    if not isinstance(video, str) or not isinstance(score, int | float):
+                        per_video = None
+                        break
+                    per_video[os.path.basename(video)] = float(score)
+            found[dim] = DimensionResult(mean, per_video)
+    order = {dim: i for i, dim in enumerate(ALL_DIMENSIONS)}
+    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def mean_over(result: DimensionResult, videos: set[str]) -> float | None:
+    """The dimension's mean over a subset of its videos, on VBench's scale. VBench's mean is the mean of its
+    per-video scores (``imaging_quality``: of the per-video percentages / 100); which holds is checked on the full
+    set, and None is returned when neither does (the subset's mean cannot be told from the file)."""
+    if not result.per_video or not videos:
+        return None
+    values = result.per_video
+    full = sum(values.values()) / len(values)
+    for scale in (1.0, 0.01):
+        if math.isclose(full * scale, result.mean, rel_tol=1e-9, abs_tol=1e-12):
+            return sum(values[v] for v in sorted(videos)) / len(videos) * scale
+    return None

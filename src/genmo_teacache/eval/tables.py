@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from genmo_teacache.eval import scoring
-from genmo_teacache.eval.timing import ModeTiming, load_timings, speedups
+from genmo_teacache.eval.timing import ModeTiming, load_timings, shared_videos, speedups
 from genmo_teacache.eval.vbench_runner import load_status, unavailable_dimensions
 from genmo_teacache.video import atomic_path, write_json
 
@@ -58,6 +58,8 @@ class ModeResults:
     timing: ModeTiming | None = None
     speedup: dict[str, float] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # dimension -> why it could not run
+    vbench_videos: int | None = None  # videos its VBench scores cover (None: the result files do not list them)
+    left_out: dict[str, dict[str, str]] = field(default_factory=dict)  # video -> {dimension: why not compared}
 
 
 @dataclass
@@ -65,11 +67,13 @@ class Comparison:
     baseline: str
     modes: list[str]  # baseline first
     results: dict[str, ModeResults]
+    warnings: list[str] = field(default_factory=list)  # what makes columns empty that the user should fix
+    notes: list[str] = field(default_factory=list)  # what the numbers cover, where the modes' videos differ
 
 
-def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
-    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win).
-    Results measured against another baseline are ignored with a warning."""
+def read_fidelity_files(fidelity_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win), whatever
+    their baseline."""
     fidelity_dir = Path(fidelity_dir)
     found: dict[str, dict[str, Any]] = {}
     combined = fidelity_dir / "all_fidelity_results.json"
@@ -84,14 +88,78 @@ def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, d
                 data = json.load(f)
             if isinstance(data, dict) and "mode" in data:
                 found[data["mode"]] = data
+    return found
+
+
+def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
+    """``{mode: fidelity result}`` against ``baseline`` (:func:`read_fidelity_files`). Results measured against
+    another baseline are ignored with a warning."""
     out = {}
-    for mode, data in found.items():
+    for mode, data in read_fidelity_files(fidelity_dir).items():
         if data.get("baseline") != baseline:
             logger.warning("ignoring fidelity result of %s measured against %r, not the baseline %r",
                            mode, data.get("baseline"), baseline)
             continue
         out[mode] = data
     return out
+
+
+def _not_scored(mode: str, dim: str, video: str, status: dict[str, Any], name: str) -> str:
+    """``name`` plus why ``mode`` has no score for ``video`` in ``dim``, when the driver recorded it."""
+    why = (status.get(mode, {}).get(dim, {}).get("left_out") or {}).get(video)
+    return f"{name} ({why})" if why else name
+
+
+def compare_vbench(modes: Sequence[str], scores_dir: str | os.PathLike, status: dict[str, Any]
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]], dict[str, set[str]],
+                              dict[str, dict[str, dict[str, str]]]]:
+    """Per dimension, every mode's score on the videos all modes with a result for it have scores for.
+
+    VBench's means are kept where a mode's videos are exactly those; otherwise the mean is taken again over the
+    shared videos from the per-video scores (:func:`scoring.mean_over`), or the dimension is ``n/a`` for that mode
+    when that is not possible. Returns (raw scores, unavailable reasons, videos covered, left out: {mode: {video:
+    {dimension: why}}})."""
+    results = {m: scoring.load_dimension_results(Path(scores_dir) / m) for m in modes}
+    raw: dict[str, dict[str, float]] = {m: {} for m in modes}
+    unavailable: dict[str, dict[str, str]] = {m: {} for m in modes}
+    covered: dict[str, set[str]] = {m: set() for m in modes}
+    left_out: dict[str, dict[str, dict[str, str]]] = {m: {} for m in modes}
+    dims = [d for d in scoring.ALL_DIMENSIONS if any(d in r for r in results.values())]
+    dims += sorted({d for r in results.values() for d in r} - set(dims))
+    for dim in dims:
+        having = [m for m in modes if dim in results[m]]
+        sets = {m: set(results[m][dim].per_video or ()) for m in having}
+        if any(results[m][dim].per_video is None for m in having):
+            for m in having:  # the files do not say which videos were scored: VBench's means as they are
+                raw[m][dim] = results[m][dim].mean
+            continue
+        common = set.intersection(*sets.values()) if sets else set()
+        every = set.union(*sets.values()) if sets else set()
+        for m in having:
+            result = results[m][dim]
+            if sets[m] == common:
+                raw[m][dim] = result.mean
+            else:
+                value = scoring.mean_over(result, common)
+                if value is None:
+                    unavailable[m][dim] = (f"scored on {len(sets[m])} videos, other modes on fewer; its per-video "
+                                           "scores do not give VBench's mean, so it cannot be compared on the "
+                                           f"{len(common)} they share" if common else
+                                           "no video has a score in every mode compared")
+                    continue
+                raw[m][dim] = value
+            covered[m] |= common
+            for video in sorted(every - common):
+                if video in sets[m]:
+                    lacking = [_not_scored(o, dim, video, status, o) for o in having if video not in sets[o]]
+                    why = "no score in " + ", ".join(lacking)
+                else:
+                    why = _not_scored(m, dim, video, status, "no score here")
+                left_out[m].setdefault(video, {})[dim] = why
+    for m in modes:
+        order = {d: i for i, d in enumerate(dims)}
+        raw[m] = dict(sorted(raw[m].items(), key=lambda kv: order[kv[0]]))
+    return raw, unavailable, covered, left_out
 
 
 def collect(
@@ -101,21 +169,42 @@ def collect(
     fidelity_dir: str | os.PathLike | None,
     log_dir: str | os.PathLike | None,
 ) -> Comparison:
-    """Read every result file for ``baseline`` and ``modes`` (the baseline is put first if not listed)."""
+    """Read every result file for ``baseline`` and ``modes`` (the baseline is put first if not listed). VBench scores
+    are compared on the videos all modes have (:func:`compare_vbench`), speedups on the videos both the mode and
+    the baseline logged."""
     ordered = [baseline] + [m for m in modes if m != baseline]
     fidelity = load_fidelity(fidelity_dir, baseline) if fidelity_dir is not None else {}
     timings = load_timings(log_dir) if log_dir is not None else {}
     ups = speedups(timings, baseline)
+    warnings, notes = [], []
+    if log_dir is not None and not timings:
+        warnings.append(f"no generation log (generation_log_*.json) in {log_dir}: the Latency and Speedup columns "
+                        "are empty")
+    elif timings and baseline not in timings:
+        warnings.append(f"the generation logs in {log_dir} have no run of the baseline {baseline} (modes logged: "
+                        f"{', '.join(sorted(timings))}): the Speedup column is empty")
+    elif timings:
+        for mode in ordered[1:]:
+            if mode in timings:
+                shared, own, base = shared_videos(timings, baseline, mode)
+                if shared != own or shared != base:
+                    notes.append(f"speedup of {mode} over the {shared} video(s) both it and the baseline logged "
+                                 f"({mode}: {own}, {baseline}: {base})")
     status = load_status(scores_dir) if scores_dir is not None else {}
+    if scores_dir is not None:
+        raw, unavailable, covered, left_out = compare_vbench(ordered, scores_dir, status)
+    else:
+        raw, unavailable, covered, left_out = ({m: {} for m in ordered}, {m: {} for m in ordered},
+                                               {m: set() for m in ordered}, {m: {} for m in ordered})
     results = {}
     for mode in ordered:
-        raw = scoring.load_raw_scores(Path(scores_dir) / mode) if scores_dir is not None else {}
         results[mode] = ModeResults(
-            mode=mode, raw=raw, aggregate=scoring.aggregate(raw), fidelity=fidelity.get(mode),
+            mode=mode, raw=raw[mode], aggregate=scoring.aggregate(raw[mode]), fidelity=fidelity.get(mode),
             timing=timings.get(mode), speedup=ups.get(mode, {}),
-            unavailable=unavailable_dimensions(status.get(mode, {}), raw),
+            unavailable={**unavailable_dimensions(status.get(mode, {}), raw[mode]), **unavailable[mode]},
+            vbench_videos=len(covered[mode]) if covered[mode] else None, left_out=left_out[mode],
         )
-    return Comparison(baseline=baseline, modes=ordered, results=results)
+    return Comparison(baseline=baseline, modes=ordered, results=results, warnings=warnings, notes=notes)
 
 
 # ---------------------------------------------------------------- formatting
@@ -224,6 +313,10 @@ def comparison_json(comp: Comparison) -> dict[str, Any]:
             entry["timing"] = r.timing.to_dict()
         if r.speedup:
             entry["speedup"] = dict(r.speedup)
+        if r.vbench_videos is not None:
+            entry["vbench_videos"] = r.vbench_videos
+        if r.left_out:
+            entry["vbench_left_out"] = {video: dict(dims) for video, dims in r.left_out.items()}
         if entry:
             out[mode] = entry
     return out
@@ -248,15 +341,77 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _notes(comp: Comparison, labels: Mapping[str, str]) -> str:
-    lines = []
+def _join(items: Sequence[str], limit: int = 6) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def na_lines(comp: Comparison, labels: Mapping[str, str] | None = None) -> list[str]:
+    """Each reason for an ``n/a`` once, with the modes and dimensions it applies to."""
+    labels = labels or {}
+    by_reason: dict[str, dict[str, list[str]]] = {}
     for mode in comp.modes:
         for dim, reason in comp.results[mode].unavailable.items():
-            lines.append(f"- {NA}: {labels.get(mode, mode)} / {dim}: {reason}")
-    if not lines:
-        return ""
-    return ("\nDimensions that could not run (scores average only the dimensions present):\n\n"
-            + "\n".join(lines) + "\n")
+            by_reason.setdefault(reason, {}).setdefault(labels.get(mode, mode), []).append(dim)
+    lines = []
+    for reason, modes in by_reason.items():
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for mode, dims in modes.items():
+            groups.setdefault(tuple(dims), []).append(mode)
+        where = "; ".join(f"{_join(ms)} / {_join(list(dims))}" for dims, ms in groups.items())
+        lines.append(f"- {NA}: {where}: {reason}")
+    return lines
+
+
+def left_out_lines(comp: Comparison, labels: Mapping[str, str] | None = None) -> list[str]:
+    """Per mode and reason, the videos its VBench scores leave out (as not every mode has them); the per-dimension
+    detail is in the results JSON (``vbench_left_out``)."""
+    labels = labels or {}
+    lines = []
+    for mode in comp.modes:
+        grouped: dict[str, tuple[list[str], list[str]]] = {}
+        for video, dims in comp.results[mode].left_out.items():
+            for dim, why in dims.items():
+                videos, dim_list = grouped.setdefault(why, ([], []))
+                if video not in videos:
+                    videos.append(video)
+                if dim not in dim_list:
+                    dim_list.append(dim)
+        for why, (videos, dims) in grouped.items():
+            lines.append(f"- {labels.get(mode, mode)}: {_join(videos, 4)} left out of {_join(dims)}: {why}")
+    return lines
+
+
+def _section(title: str, lines: Sequence[str]) -> str:
+    return f"\n{title}\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def _notes(comp: Comparison, labels: Mapping[str, str]) -> str:
+    return (_section("Dimensions that could not run or be compared (scores average only the dimensions present):",
+                     na_lines(comp, labels))
+            + _section("Videos not compared (modes are compared on the videos they all have):",
+                       left_out_lines(comp, labels)))
+
+
+def console_report(comp: Comparison, labels: Mapping[str, str] | None = None) -> str:
+    """What the commands print last: the summary table (with the videos each mode's numbers cover) and the notes
+    that explain its empty or ``n/a`` cells, each reason once."""
+    labels = dict(labels or {})
+    rows = markdown_rows(comp, SUMMARY_TABLE, summary_rows(comp, labels))
+    return (f"Summary (speedups against {labels.get(comp.baseline, comp.baseline)}):\n\n" + markdown_table(rows)
+            + _notes(comp, labels) + _fidelity_notes(comp, labels)
+            + _section("Speedups:", [f"- {n}" for n in comp.notes]))
+
+
+def fidelity_report(comp: Comparison) -> str:
+    """What run_fidelity_metrics prints last: the fidelity table with the videos compared, and those left out."""
+    rows = [row[:4] + row[5:] for row in markdown_rows(comp, FIDELITY_TABLE, fidelity_rows(comp, {}))]  # no Latency
+    return f"Fidelity against {comp.baseline}:\n\n" + markdown_table(rows) + _fidelity_notes(comp, {})
+
+
+def _summary_notes(comp: Comparison, labels: Mapping[str, str]) -> str:
+    return (_notes(comp, labels) + _fidelity_notes(comp, labels)
+            + _section("Speedups:", [f"- {n}" for n in comp.notes])
+            + _section("Warnings:", [f"- {w}" for w in comp.warnings]))
 
 
 def _fidelity_notes(comp: Comparison, labels: Mapping[str, str]) -> str:
@@ -269,9 +424,30 @@ def _fidelity_notes(comp: Comparison, labels: Mapping[str, str]) -> str:
             more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
             lines.append(f"- {labels.get(mode, mode)}: {fid.get('num_videos')} videos compared, {len(problems)} left "
                          f"out: {shown}{more}")
-    if not lines:
-        return ""
-    return "\nVideos without a comparable partner (see the fidelity result files):\n\n" + "\n".join(lines) + "\n"
+    return _section("Videos without a comparable partner (see the fidelity result files):", lines)
+
+
+def _with_column(rows: Sequence[Sequence[str]], name: str, values: Sequence[str]) -> list[list[str]]:
+    """``rows`` (header first) with one more column; for the Markdown tables, whose CSV twins keep the reference's
+    columns."""
+    return [[*rows[0], name]] + [[*row, value] for row, value in zip(rows[1:], values, strict=True)]
+
+
+def _count(value: Any) -> str:
+    return str(value) if isinstance(value, int) else DASH
+
+
+def markdown_rows(comp: Comparison, name: str, rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The Markdown version of a CSV table: the videos each mode's numbers cover as extra columns."""
+    vbench = [_count(comp.results[m].vbench_videos) for m in comp.modes]
+    fidelity = [_count((comp.results[m].fidelity or {}).get("num_videos")) for m in comp.modes]
+    if name == VBENCH_TABLE:
+        return _with_column(rows, "Videos", vbench)
+    if name == FIDELITY_TABLE:
+        return _with_column(rows, "Videos", fidelity)
+    if name == SUMMARY_TABLE:
+        return _with_column(_with_column(rows, "VBench videos", vbench), "Fidelity videos", fidelity)
+    return [list(r) for r in rows]
 
 
 def write_markdown(path: str | os.PathLike, title: str, rows: Sequence[Sequence[str]], notes: str = "") -> Path:
@@ -298,14 +474,14 @@ def write_tables(
                          "(higher PSNR/SSIM and lower LPIPS are better)", fidelity_rows(comp, labels),
                          _fidelity_notes(comp, labels)),
         SUMMARY_TABLE: (f"Summary (speedups against {labels.get(comp.baseline, comp.baseline)})",
-                        summary_rows(comp, labels), notes),
+                        summary_rows(comp, labels), _summary_notes(comp, labels)),
         RESULTS_TABLE: ("All metrics", results_rows(comp, labels), notes),
     }
     written: dict[str, Path] = {}
     for name, (title, rows, note) in tables.items():
         written[name] = write_csv(out_dir / name, rows)
         md = Path(name).with_suffix(".md").name
-        written[md] = write_markdown(out_dir / md, title, rows, note)
+        written[md] = write_markdown(out_dir / md, title, markdown_rows(comp, name, rows), note)
     write_json(output_json, comparison_json(comp))
     written[COMPARISON_JSON] = output_json
     return written

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class ModeTiming:
     num_denoising: int = 0
     avg_computed_steps: float | None = None
     avg_skipped_steps: float | None = None
+    # (prompt, sample) -> (time_seconds, denoising_s or None): for speedups on the videos two modes share
+    runs: dict[Any, tuple[float, float | None]] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Reference keys (avg_time, total_time, num_videos) plus the optional ones that have a value."""
@@ -51,6 +53,26 @@ def find_logs(log_dir: str | os.PathLike) -> list[Path]:
         return []
     found = {p for pattern in LOG_GLOBS for p in log_dir.glob(pattern) if not p.name.startswith(".")}
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def log_dir_candidates(path: str | os.PathLike) -> list[Path]:
+    """Where the logs of a batch run may be, given their folder, the batch's ``--output-dir`` or its ``videos/``
+    folder (the reference workflow passes the videos folder): ``path``, ``path/logs``, ``path/../logs``."""
+    path = Path(path)
+    out: list[Path] = []
+    for candidate in (path, path / "logs", path.parent / "logs"):
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
+def find_log_dir(*paths: str | os.PathLike) -> Path | None:
+    """The first of the :func:`log_dir_candidates` of ``paths`` that holds a generation log, or None."""
+    for path in paths:
+        for candidate in log_dir_candidates(path):
+            if find_logs(candidate):
+                return candidate
+    return None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -74,18 +96,19 @@ def load_timings(log_dir: str | os.PathLike) -> dict[str, ModeTiming]:
         for i, run in enumerate(data.get("runs", [])):
             if "mode" not in run or not isinstance(run.get("time_seconds"), int | float):
                 continue
-            if "prompt" in run and "sample" in run:
-                key: Any = (run["mode"], run["prompt"], run["sample"])
+            if "prompt" in run:
+                key: Any = (run["mode"], run["prompt"], run.get("sample", 0))
             else:
-                key = (str(path), i)
+                key = (run["mode"], str(path), i)
             runs[key] = run
-    by_mode: dict[str, list[dict[str, Any]]] = {}
-    for run in runs.values():
-        by_mode.setdefault(run["mode"], []).append(run)
+    by_mode: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    for key, run in runs.items():
+        by_mode.setdefault(run["mode"], []).append((key[1:], run))
     logger.info("timings of %d videos from %d log file(s) in %s", len(runs), len(logs), log_dir)
 
     result = {}
-    for mode, mode_runs in by_mode.items():
+    for mode, keyed in by_mode.items():
+        mode_runs = [r for _, r in keyed]
         times = [float(r["time_seconds"]) for r in mode_runs]
         denoise = [float(r["timings"]["denoising_s"]) for r in mode_runs
                    if isinstance(r.get("timings"), dict) and r["timings"].get("denoising_s") is not None]
@@ -97,25 +120,43 @@ def load_timings(log_dir: str | os.PathLike) -> dict[str, ModeTiming]:
             avg_time=sum(times) / len(times), total_time=sum(times), num_videos=len(times),
             avg_denoising_time=_mean(denoise), num_denoising=len(denoise),
             avg_computed_steps=_mean(computed), avg_skipped_steps=_mean(skipped),
+            runs={key: (float(r["time_seconds"]), _denoising(r)) for key, r in keyed},
         )
     return result
 
 
+def _denoising(run: dict[str, Any]) -> float | None:
+    timings = run.get("timings")
+    value = timings.get("denoising_s") if isinstance(timings, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def shared_videos(timings: dict[str, ModeTiming], baseline: str, mode: str) -> tuple[int, int, int]:
+    """(videos both logged, videos of the mode, videos of the baseline)."""
+    base, other = timings[baseline].runs, timings[mode].runs
+    return len(set(base) & set(other)), len(other), len(base)
+
+
 def speedups(timings: dict[str, ModeTiming], baseline: str) -> dict[str, dict[str, float]]:
-    """``{mode: {"end_to_end": x, "denoising": y}}`` relative to ``baseline``; a key is absent where either side
-    lacks that timing. Empty when the baseline has no timing (speedups are never taken against a guessed mode)."""
+    """``{mode: {"end_to_end": x, "denoising": y}}`` relative to ``baseline``, on the videos (prompt, sample) both
+    logged: summed baseline time over summed mode time. A key is absent where they share no timed video. Empty when
+    the baseline has no timing (speedups are never taken against a guessed mode)."""
     base = timings.get(baseline)
     if base is None:
         if timings:
-            logger.warning("baseline %r has no timing in the generation logs (modes with timings: %s): "
-                           "no speedups", baseline, ", ".join(sorted(timings)))
+            logger.debug("baseline %r has no timing in the generation logs (modes with timings: %s): "
+                         "no speedups", baseline, ", ".join(sorted(timings)))
         return {}
     out: dict[str, dict[str, float]] = {}
     for mode, t in timings.items():
+        shared = sorted(set(base.runs) & set(t.runs))
         entry = {}
-        if t.avg_time > 0:
-            entry["end_to_end"] = base.avg_time / t.avg_time
-        if base.avg_denoising_time is not None and t.avg_denoising_time:
-            entry["denoising"] = base.avg_denoising_time / t.avg_denoising_time
+        total = sum(t.runs[k][0] for k in shared)
+        if shared and total > 0:
+            entry["end_to_end"] = sum(base.runs[k][0] for k in shared) / total
+        pairs = [(base.runs[k][1], t.runs[k][1]) for k in shared]
+        pairs = [(b, m) for b, m in pairs if b is not None and m is not None]
+        if pairs and sum(m for _, m in pairs) > 0:
+            entry["denoising"] = sum(b for b, _ in pairs) / sum(m for _, m in pairs)
         out[mode] = entry
     return out

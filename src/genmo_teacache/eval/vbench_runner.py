@@ -2,12 +2,19 @@
 
 For each mode folder ``{videos}/{mode}`` and each dimension, the result goes to
 ``{scores_dir}/{mode}/{dimension}_eval_results.json`` (VBench's own format, ``{dim: [mean, [per-video...]]}``, with
-video paths pointing at the real videos). A dimension whose result file exists is skipped. Each dimension runs in a
-fresh worker process inside the VBench environment (:mod:`.vbench_env`), so a crash or a missing model costs that
-dimension only. What happened to every dimension is recorded in ``{scores_dir}/vbench_status.json``
-(``{mode: {dimension: {"status", "reason", "seconds", "log"}}}``); a dimension that could not run is reported there
-with the reason, and shown as ``n/a`` in the tables, never as a score of 0. Failed dimensions are retried on the next
-run (weights may have been provided since).
+video paths pointing at the real videos). Each dimension runs in a fresh worker process inside the VBench environment
+(:mod:`.vbench_env`), so a crash or a missing model costs that dimension only. What happened to every dimension is
+recorded in ``{scores_dir}/vbench_status.json`` (``{mode: {dimension: {"status", "reason", "seconds", "log",
+"inputs", "videos", "left_out"}}}``); a dimension that could not run is reported there with the reason, and shown as
+``n/a`` in the tables, never as a score of 0. Failed dimensions are retried on the next run (weights may have been
+provided since).
+
+Resuming: ``inputs`` is a key of exactly what a result was computed from: the dimension, the videos VBench reads for
+it (name, size, mtime), the prompt list and VBench's settings. An existing result is reused only under the same key;
+after a video was added or regenerated, that mode's affected dimensions run again. (A result without a recorded key,
+from an older run, is reused while none of its videos is newer than it.) ``left_out`` names the videos VBench was
+given but scored no result for, with the reason (an undecodable file, or nothing to score under that dimension's
+protocol); the tables compare modes on the videos they all have (:mod:`.tables`).
 
 VBench's standard mode finds ``{prompt}-{i}.mp4`` in the folder and takes the file suffix from the first entry of
 ``os.listdir``, so it must see videos only. It is therefore always given a view: a temporary folder of links to the
@@ -16,19 +23,21 @@ finished ``.mp4`` files of the mode (names starting with ``.tmp-`` are unfinishe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.eval.layout import VIDEO_SUFFIX, list_videos, load_prompt_names
+from genmo_teacache.eval.layout import VIDEO_SUFFIX, describe_error, list_videos, load_prompt_names
 from genmo_teacache.eval.scoring import ALL_DIMENSIONS, RESULT_SUFFIX
 from genmo_teacache.video import TMP_PREFIX, atomic_path, write_json
 
@@ -38,6 +47,9 @@ STATUS_FILE = "vbench_status.json"
 WORKER = Path(__file__).with_name("vbench_worker.py")
 DETECTRON2_DIMENSIONS = ("object_class", "multiple_objects", "color", "spatial_relationship")
 UNAVAILABLE_STATUSES = ("failed", "no_videos")
+# What the worker passes to VBench besides the videos (vbench_worker.py); part of every result's key.
+VBENCH_SETTINGS = {"vbench": "0.1.5", "mode": "vbench_standard", "local": False, "read_frame": False,
+                   "imaging_quality_preprocessing_mode": "longer"}
 DOWNLOAD_ERRORS = ("URLError", "HTTPError", "ConnectionError", "gaierror", "timeout", "MaxRetryError",
                    "ReadTimeout", "ConnectTimeout", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
 
@@ -50,6 +62,9 @@ class DimensionOutcome:
     reason: str | None = None
     seconds: float = 0.0
     log: str | None = None
+    inputs: str | None = None  # key of the videos and settings the result was computed from (inputs_key)
+    videos: int = 0  # videos VBench was given for this dimension
+    left_out: dict[str, str] | None = None  # video file name -> why VBench gave it no score
 
 
 # ---------------------------------------------------------------- files
@@ -100,11 +115,84 @@ def matching_videos(videos: dict[str, Path] | Sequence[Path], prompts: Sequence[
     return [n for n in names if n in wanted]
 
 
+def file_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def inputs_key(dimension: str, videos: dict[str, Path], full_info_hash: str) -> str:
+    """A key of what a dimension's result is computed from: the videos VBench reads (the names it sees, their
+    files' size and mtime), the prompt list (by content) and VBench's settings."""
+    data = {"dimension": dimension, "full_info": full_info_hash, "settings": VBENCH_SETTINGS,
+            "videos": sorted([name, path.name, file_stamp(path)] for name, path in videos.items())}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scored_videos(result: dict[str, Any], dimension: str) -> list[str]:
+    """File names of the videos a VBench result has a per-video score for."""
+    value = result.get(dimension)
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+        return []
+    return [os.path.basename(item["video_path"]) for item in value[1]
+            if isinstance(item, dict) and isinstance(item.get("video_path"), str)]
+
+
+def stale_reason(result_file: Path, entry: dict[str, Any], given: dict[str, Path], key: str) -> str | None:
+    """Why an existing result cannot be reused for the videos ``given`` under ``key``; None when it can."""
+    if "inputs" in entry:
+        return None if entry["inputs"] == key else "its videos or settings changed since it was computed"
+    try:
+        with open(result_file) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as err:
+        return f"it cannot be read ({err})"
+    dimension = result_file.name[: -len(RESULT_SUFFIX)]
+    names = {path.name for path in given.values()}
+    gone = [n for n in scored_videos(result, dimension) if n not in names]
+    if gone:
+        return f"{len(gone)} of its videos are gone ({', '.join(gone[:3])})"
+    built = result_file.stat().st_mtime_ns
+    newer = [path.name for path in given.values() if path.stat().st_mtime_ns > built]
+    if newer:
+        return f"{len(newer)} video(s) are newer than it ({', '.join(newer[:3])})"
+    return None
+
+
+def _why_not_scored(video: Path) -> str:
+    from genmo_teacache.video import read_video
+
+    try:
+        read_video(video)
+    except Exception as err:  # the reason VBench dropped it, most likely
+        return f"undecodable: {describe_error(err)}"
+    return "VBench gave it no score (nothing to score under this dimension's protocol)"
+
+
 # ---------------------------------------------------------------- failures
+
+
+_SITE_PACKAGES = re.compile(r"[^\s'\"(\[]*/site-packages/")
+
+
+def short_paths(text: str) -> str:
+    """``text`` without the environment's ``.../site-packages/`` prefixes (``vbench/...`` says enough)."""
+    return _SITE_PACKAGES.sub("", text)
+
+
+def environment_reason(err: BaseException) -> str:
+    """One line for an n/a cell when the VBench environment could not be made (the details are in its log)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first.replace("; last lines of ", "; see ").rstrip(":")
+    return (f"VBench environment unavailable: {short_paths(first)} (it is installed from PyPI once; or set "
+            "GENMO_TEACACHE_VBENCH_PYTHON to a Python that has vbench)")
 
 
 def explain_failure(dimension: str, error: dict[str, Any] | None, returncode: int, log_tail: str) -> str:
     """A one-paragraph reason for a failed dimension, naming what is missing and what to do."""
+    return short_paths(_explain_failure(dimension, error, returncode, log_tail))
+
+
+def _explain_failure(dimension: str, error: dict[str, Any] | None, returncode: int, log_tail: str) -> str:
     if error is None:
         return f"VBench worker exited with code {returncode} without a report; last log lines: {log_tail[-400:]}"
     kind, message = error.get("type", "Error"), " ".join(str(error.get("message", "")).split())[:400]
@@ -169,7 +257,8 @@ def run_dimension(
     device: str = "auto",
 ) -> DimensionOutcome:
     """Run one dimension of one mode in a worker process; write the result file on success. ``videos``: the
-    mode's videos by the name VBench must see (:func:`vbench_names`)."""
+    mode's videos (those named after the dimension's prompts) by the name VBench must see (:func:`vbench_names`).
+    Videos VBench scored no result for are listed in the outcome's ``left_out`` with the reason."""
     mode_out = scores_dir / mode
     mode_out.mkdir(parents=True, exist_ok=True)
     log_path = scores_dir / "logs" / mode / f"{dimension}.log"
@@ -198,13 +287,18 @@ def run_dimension(
         reason = _finish_result(tmp_dir, dimension, view_dir, videos, final)
     if reason is not None:
         return DimensionOutcome(mode, dimension, "failed", reason, seconds, str(log_path))
-    return DimensionOutcome(mode, dimension, "done", None, seconds, str(log_path))
+    with open(final) as f:
+        scored = set(scored_videos(json.load(f), dimension))
+    left_out = {path.name: _why_not_scored(path) for path in videos.values() if path.name not in scored}
+    for name, why in left_out.items():
+        logger.warning("VBench %s / %s: %s left out: %s", mode, dimension, name, why)
+    return DimensionOutcome(mode, dimension, "done", None, seconds, str(log_path), left_out=left_out or None)
 
 
 def record_outcome(scores_dir: Path, outcome: DimensionOutcome) -> None:
     """Add one outcome to ``vbench_status.json`` (read, update, atomic rewrite; one driver process at a time)."""
     status = load_status(scores_dir)
-    entry = {k: v for k, v in asdict(outcome).items() if k not in ("mode", "dimension")}
+    entry = {k: v for k, v in asdict(outcome).items() if k not in ("mode", "dimension") and v is not None}
     entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     status.setdefault(outcome.mode, {})[outcome.dimension] = entry
     write_json(scores_dir / STATUS_FILE, status)
@@ -219,8 +313,8 @@ def run_vbench(
     device: str = "auto",
     overwrite: bool = False,
 ) -> list[DimensionOutcome]:
-    """Evaluate every mode on every dimension that has no result yet. Never raises for a dimension that cannot
-    run: its outcome (and the status file) says why."""
+    """Evaluate every mode on every dimension that has no result for its current videos (see the module docstring).
+    Never raises for a dimension that cannot run: its outcome (and the status file) says why."""
     from genmo_teacache.eval import vbench_env
 
     videos_dir, scores_dir = Path(videos_dir), Path(scores_dir)
@@ -231,14 +325,6 @@ def run_vbench(
         if not (videos_dir / mode).is_dir():
             raise FileNotFoundError(f"no video folder {videos_dir / mode} for mode {mode!r}")
 
-    todo = [(m, d) for m in modes for d in dimensions
-            if overwrite or not (scores_dir / m / f"{d}{RESULT_SUFFIX}").is_file()]
-    outcomes = [DimensionOutcome(m, d, "exists") for m in modes for d in dimensions if (m, d) not in todo]
-    if outcomes:
-        logger.info("VBench: %d mode/dimension results exist already and are kept", len(outcomes))
-    if not todo:
-        return outcomes
-
     pythons: dict[str, Path | Exception] = {}
 
     def python_for(dimension: str) -> Path | Exception:
@@ -247,40 +333,67 @@ def run_vbench(
             try:
                 pythons[tier] = vbench_env.ensure_env(tier)
             except (vbench_env.VBenchEnvError, OSError, subprocess.CalledProcessError) as err:
-                logger.error("VBench environment (%s tier) unavailable: %s", tier, err)
+                logger.debug("VBench environment (%s tier) unavailable: %s", tier, err)
                 pythons[tier] = err
         return pythons[tier]
 
-    prompts: dict[str, list[str]] = {}
+    if full_info is None:  # the one that ships inside the vbench wheel (needs the core tier only)
+        core = python_for("temporal_flickering")
+        if isinstance(core, Exception):  # no prompt list to check results against, nothing can run
+            reason = environment_reason(core)
+            kept = [(m, d) for m in modes for d in dimensions
+                    if not overwrite and (scores_dir / m / f"{d}{RESULT_SUFFIX}").is_file()]
+            if kept:
+                logger.warning("VBench: %d existing results kept without checking them against the current videos "
+                               "(%s)", len(kept), reason)
+            return [DimensionOutcome(m, d, "exists", reason) if (m, d) in kept else
+                    DimensionOutcome(m, d, "failed", reason) for m in modes for d in dimensions]
+        full_info = vbench_env.vbench_package_dir(core) / "VBench_full_info.json"
+    full_info_hash = hashlib.sha256(Path(full_info).read_bytes()).hexdigest()[:16]
+    prompts = prompts_by_dimension(full_info)
     prompt_names = load_prompt_names(videos_dir)
     videos_of = {mode: vbench_names(list_videos(videos_dir / mode), prompt_names) for mode in modes}
+    status = load_status(scores_dir)
 
-    def evaluate_one(mode: str, dim: str) -> DimensionOutcome:
-        nonlocal full_info, prompts
-        if full_info is None:  # the one that ships inside the vbench wheel (needs the core tier only)
-            core = python_for("temporal_flickering")
-            if isinstance(core, Exception):
-                return DimensionOutcome(mode, dim, "failed", f"VBench environment unavailable: {core}")
-            full_info = vbench_env.vbench_package_dir(core) / "VBench_full_info.json"
-        if not prompts:
-            prompts = prompts_by_dimension(full_info)
-        if not matching_videos(videos_of[mode], prompts.get(dim, [])):
-            return DimensionOutcome(mode, dim, "no_videos", f"no video of {videos_dir / mode} is named after a "
-                                    f"{dim} prompt of {full_info} ({{prompt}}-{{i}}.mp4)")
-        python = python_for(dim)
-        if isinstance(python, Exception):
-            return DimensionOutcome(mode, dim, "failed", f"VBench environment unavailable: {python}")
-        return run_dimension(python, videos_of[mode], mode, dim, scores_dir, full_info, device)
+    outcomes: list[DimensionOutcome] = []
+    todo: list[tuple[str, str, dict[str, Path], str]] = []
+    for mode in modes:
+        for dim in dimensions:
+            given = {n: videos_of[mode][n] for n in matching_videos(videos_of[mode], prompts.get(dim, []))}
+            key = inputs_key(dim, given, full_info_hash)
+            result = scores_dir / mode / f"{dim}{RESULT_SUFFIX}"
+            entry = status.get(mode, {}).get(dim, {})
+            why = "--overwrite" if overwrite else None if result.is_file() else "no result yet"
+            if why is None:
+                why = stale_reason(result, entry, given, key)
+            if why is None:
+                outcomes.append(DimensionOutcome(mode, dim, "exists", inputs=key, videos=len(given)))
+                if entry.get("inputs") != key:  # an older run's result, checked by dates: record its key now
+                    record_outcome(scores_dir, DimensionOutcome(mode, dim, entry.get("status", "done"),
+                                                                inputs=key, videos=len(given)))
+            else:
+                if result.is_file() and not overwrite:
+                    logger.info("VBench %s / %s: computing again: %s", mode, dim, why)
+                todo.append((mode, dim, given, key))
+    if outcomes:
+        logger.info("VBench: %d mode/dimension results are kept (same videos and settings)", len(outcomes))
 
     from tqdm.auto import tqdm
 
-    for mode, dim in tqdm(todo, desc="VBench", unit="dim"):
-        outcome = evaluate_one(mode, dim)
+    for mode, dim, given, key in tqdm(todo, desc="VBench", unit="dim", disable=not todo):
+        if not given:
+            outcome = DimensionOutcome(mode, dim, "no_videos", "no video is named after one of its prompts "
+                                       "({prompt}-{i}.mp4)")
+        elif isinstance(python := python_for(dim), Exception):
+            outcome = DimensionOutcome(mode, dim, "failed", environment_reason(python))
+        else:
+            outcome = run_dimension(python, given, mode, dim, scores_dir, full_info, device)
+        outcome = replace(outcome, inputs=key, videos=len(given))
         if outcome.status == "done":
             logger.info("VBench %s / %s done in %.0f s", mode, dim, outcome.seconds)
         else:
-            logger.warning("VBench %s / %s: %s: %s", mode, dim, outcome.status, outcome.reason)
+            logger.debug("VBench %s / %s: %s: %s", mode, dim, outcome.status, outcome.reason)
+            (scores_dir / mode / f"{dim}{RESULT_SUFFIX}").unlink(missing_ok=True)  # never an outdated score
         record_outcome(scores_dir, outcome)
         outcomes.append(outcome)
     return outcomes
-
