@@ -121,9 +121,12 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
               help="Folder of generation_log_*.json (for latency and speedup). Default: logs/ beside the videos.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
+@click.option("--no-grids", is_flag=True,
+              help="Do not make the side-by-side videos (grids/); the report shows those made before.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html.")
 def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: Path | None, full_info: Path | None,
                      dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool, gen_log_dir: Path | None,
-                     device: str, overwrite: bool) -> None:
+                     device: str, overwrite: bool, no_grids: bool, no_report: bool) -> None:
     """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
     was computed already."""
     _setup_logging()
@@ -148,6 +151,11 @@ def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: P
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
     written = _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir])
     _echo_outputs("tables and plots:", written)
+    if not (no_grids and no_report):
+        from genmo_teacache.eval.report import grids_and_report
+
+        _echo_outputs("side-by-side videos and report:", grids_and_report(
+            videos, baseline, compare_modes, out, log_dir, make=not no_grids, report=not no_report))
 
 
 # ---------------------------------------------------------------- the reference-named entry points
