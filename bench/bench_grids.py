@@ -7,6 +7,8 @@ Writes ``<prompts>`` baseline videos and their ``<modes>`` mode videos (a moving
 texture; each mode adds its own noise, so that the differences are not zero), then times making their grids:
 as ``evaluate`` does (per-video fidelity results present: the labels read them) and as ``compare-videos`` does
 without them (PSNR computed while making the grid), and with the difference row. Writing the inputs is not timed.
+Prints wall time and CPU time (this process and the ffmpeg processes it ran); on a shared machine the CPU time is
+the steadier number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +41,12 @@ def synthetic(frames: int, height: int, width: int, seed: int) -> np.ndarray:
         base = np.stack([np.sin(2 * np.pi * (x / width + 0.4 * y / height) + c + 0.08 * t) for c in range(3)], -1)
         out[t] = np.clip(127 + 90 * base + texture, 0, 255).astype(np.uint8)
     return out
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process and its finished children (the ffmpeg encoders and decoders)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -76,18 +85,20 @@ def main() -> None:
                 path.unlink()
         jobs = plan_grids(videos, "baseline", modes, fidelity, None)
         out = root / f"grids_{variant}"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         made = make_grids(jobs, out, GridOptions(diff=variant == "diff"), overwrite=True)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         assert all(r.status == "made" for r in made), [r.reason for r in made]
         info = made[0].info
         per_grid = wall / len(made)
         results[variant] = {"grids": len(made), "wall_s": wall, "per_grid_s": per_grid,
+                            "cpu_s": cpu, "per_grid_cpu_s": cpu / len(made),
                             "grid_size": [info["layout"]["width"], info["layout"]["height"]],
                             "grid_frames": info["frames"],
                             "grid_mb": statistics.mean(r.mp4.stat().st_size for r in made) / 1e6,
                             "estimate_s": per_grid * args.estimate_videos}
-        print(f"{variant}: {len(made)} grid(s) in {wall:.1f} s = {per_grid:.1f} s per grid "
+        print(f"{variant}: {len(made)} grid(s) in {wall:.1f} s = {per_grid:.1f} s per grid, "
+              f"{cpu / len(made):.1f} CPU-s per grid "
               f"({info['layout']['width']}x{info['layout']['height']}, {info['frames']} frames, "
               f"{results[variant]['grid_mb']:.1f} MB); {args.estimate_videos} grids: "
               f"{per_grid * args.estimate_videos / 60:.1f} min", flush=True)
@@ -95,7 +106,8 @@ def main() -> None:
     name = args.name or f"bench_grids_{args.modes}m_{args.frames}f_{args.height}x{args.width}"
     out_json = Path(os.environ.get("OUT", "bench_results")) / f"{name}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    device = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    load = os.getloadavg()[0]
+    device = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load_1min_at_end": load,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
     out_json.write_text(json.dumps({"device": device, "command": " ".join(sys.argv), "modes": args.modes,
                                     "prompts": args.prompts, "frames": args.frames,

@@ -56,8 +56,8 @@ th { background: #ecece8; }
 td.worst { background: #fde2e1; font-weight: 600; }
 .wide { overflow-x: auto; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
-.plots figure { margin: 0; background: #fff; padding: 6px; border: 1px solid #ddd; max-width: 640px; }
-.plots img { max-width: min(100%, 620px); height: auto; display: block; }
+.plots figure { margin: 0; background: #fff; padding: 6px; border: 1px solid #ddd; width: 420px; }
+.plots img { width: 100%; height: auto; display: block; }
 figcaption { font-size: 12px; color: #555; }
 ol.toc { columns: 2 420px; padding-left: 28px; }
 section.video { background: #fff; border: 1px solid #ddd; padding: 10px 12px; margin: 14px 0; }
@@ -188,9 +188,10 @@ def write_report(out_dir: str | os.PathLike, comp: Comparison, grids: Sequence[G
     plots += [(p, f"delta-TEMNI: {p.stem[len('delta_temni_'):]}") for p in sorted((root / "plots").glob(
         "delta_temni_*.png")) if not p.name.startswith(".")]
     if plots:
-        body.append('<div class="plots">' + "".join(
-            f'<figure><a href="{_url(p, root)}"><img loading="lazy" src="{_url(p, root)}" alt="{html.escape(c)}">'
-            f"</a><figcaption>{html.escape(c)}</figcaption></figure>" for p, c in plots) + "</div>")
+        figures = [f'<figure><a href="{_url(p, root)}"><img loading="lazy" src="{_url(p, root)}" '
+                   f'alt="{html.escape(c)}"></a><figcaption>{html.escape(c)} (click for full size)</figcaption>'
+                   "</figure>" for p, c in plots]
+        body.append('<div class="plots">' + "".join(figures) + "</div>")
     else:
         body.append('<p class="muted">No plots (they need speedups with fidelity results, or VBench scores).</p>')
 
