@@ -127,8 +127,8 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 def evaluate_command(videos: Path, baseline: str, modes: tuple[str, ...], out: Path | None, full_info: Path | None,
                      dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool, gen_log_dir: Path | None,
                      device: str, overwrite: bool, no_grids: bool, no_report: bool) -> None:
-    """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
-    was computed already."""
+    """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, side-by-side videos
+    and report.html, resuming whatever was computed already."""
     _setup_logging()
     dims = _dimensions(dimensions)
     compare_modes = _resolve_modes(videos, baseline, modes)
