@@ -234,7 +234,7 @@ def grids_and_report(
     fidelity_dir, scores_dir, grids_dir = out_dir / "fidelity_metrics", out_dir / "vbench_scores", out_dir / GRIDS_DIR
     jobs = plan_grids(videos_dir, baseline, modes, fidelity_dir, log_dir)
     written: dict[str, Path] = {}
-    if make:
+    if make and modes:  # a grid of the baseline alone shows nothing the video does not
         results = make_grids(jobs, grids_dir, options, keep_any_look=True)
         if results:
             written[GRIDS_DIR] = grids_dir
