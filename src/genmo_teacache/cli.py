@@ -15,6 +15,7 @@ COMMANDS = {
     "batch": "genmo_teacache.batch.cli:batch_command",
     "sweep": "genmo_teacache.batch.cli:sweep_command",
     "evaluate": "genmo_teacache.eval.cli:evaluate_command",
+    "compare-videos": "genmo_teacache.eval.compare_videos:compare_videos_command",
 }
 
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,33 +56,65 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = DEFAULT_FPS) -> Path:
-    """Write an H.264 mp4 with imageio-ffmpeg, atomically. Returns the final path."""
+@contextlib.contextmanager
+def video_writer(path: str | os.PathLike, fps: float = DEFAULT_FPS, quality: float = 8,
+                 preset: str | None = None) -> Iterator[Callable[[np.ndarray], None]]:
+    """Stream frames into an H.264 mp4 with imageio-ffmpeg, atomically: yields ``append(frame)`` for (H, W, 3)
+    frames (uint8, or float in [0, 1]); the file appears under ``path`` only when the block succeeds.
+    ``quality``: imageio's 1-10 (x264 CRF ``int((1 - quality / 10) * 51)``: 8 -> 10); ``preset``: x264's."""
     import imageio.v2 as imageio
 
-    frames = to_uint8(frames)
-    path = Path(path)
     with atomic_path(path) as tmp:
         # macro_block_size=1 keeps sizes that are not multiples of 16 (the tiny model's 8H x 8W frames).
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
-                                    macro_block_size=1, ffmpeg_log_level="error")
+        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=quality,
+                                    macro_block_size=1, ffmpeg_log_level="error",
+                                    output_params=["-preset", preset] if preset else None)
         try:
-            for frame in frames:
-                writer.append_data(frame)
+            yield lambda frame: writer.append_data(to_uint8(np.asarray(frame)[None])[0])
         finally:
             writer.close()
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = DEFAULT_FPS) -> Path:
+    """Write an H.264 mp4 with imageio-ffmpeg, atomically. Returns the final path."""
+    frames = to_uint8(frames)
+    path = Path(path)
+    with video_writer(path, fps) as append:
+        for frame in frames:
+            append(frame)
     return path
 
 
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode a video with imageio's ffmpeg reader to a (T, H, W, 3) uint8 array."""
+def iter_video(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Decode a video frame by frame with imageio's ffmpeg reader: (H, W, 3) uint8 frames."""
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(path, format="FFMPEG")
     try:
-        frames = [np.asarray(frame)[..., :3] for frame in reader]
+        for frame in reader:
+            yield np.asarray(frame)[..., :3]
     finally:
         reader.close()
+
+
+def probe_video(path: str | os.PathLike, default_fps: float = DEFAULT_FPS) -> tuple[float, int | None]:
+    """(frame rate, approximate frame count) from the file's metadata, without decoding it; the count is
+    ``round(duration * fps)`` (None when the file does not say)."""
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(path, format="FFMPEG")
+    try:
+        meta = reader.get_meta_data()
+    finally:
+        reader.close()
+    fps = float(meta.get("fps") or default_fps)
+    duration = meta.get("duration")
+    return fps, (round(float(duration) * fps) if duration else None)
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode a video with imageio's ffmpeg reader to a (T, H, W, 3) uint8 array."""
+    frames = list(iter_video(path))
     if not frames:
         raise ValueError(f"{path}: no frames could be decoded")
     return np.stack(frames)

@@ -7,7 +7,7 @@ The commands only map flags onto the typed functions of :mod:`.fidelity`, :mod:`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -150,8 +150,9 @@ def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None,
 
 def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_dir: Path | None,
              log_dir: Path | None, out_dir: Path, output_json: Path | None, temni_dirs: Sequence[Path | None],
-             warnings: Sequence[str] = ()) -> None:
-    """Tables, results JSON and plots; the output ends with where they are, the summary table and the warnings."""
+             warnings: Sequence[str] = (), then: Callable[[], dict[str, Path]] | None = None) -> None:
+    """Tables, results JSON and plots, then what ``then`` writes from them (the side-by-side videos and the report);
+    the output ends with where they are, the summary table and the warnings."""
     from genmo_teacache.eval.plots import find_delta_temni, write_plots
     from genmo_teacache.eval.tables import collect, console_report, write_tables
 
@@ -159,6 +160,8 @@ def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_
     comp.warnings[:0] = list(warnings)
     written = write_tables(comp, out_dir, output_json)
     written.update(write_plots(comp, out_dir / "plots", temni_groups=find_delta_temni(*temni_dirs)))
+    if then is not None:
+        written.update(then())
     _echo_outputs(out_dir, written)
     click.echo("\n" + console_report(comp))
     for warning in comp.warnings:
@@ -200,11 +203,14 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
                    "videos folder (its logs/ is found). Default: logs/ beside the videos.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
+@click.option("--no-grids", is_flag=True,
+              help="Do not make the side-by-side videos (grids/); the report shows those made before.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html.")
 def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...], out: Path | None,
                      full_info: Path | None, dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool,
-                     gen_log_dir: Path | None, device: str, overwrite: bool) -> None:
-    """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, resuming whatever
-    was computed already."""
+                     gen_log_dir: Path | None, device: str, overwrite: bool, no_grids: bool, no_report: bool) -> None:
+    """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, side-by-side videos
+    and report.html, resuming whatever was computed already."""
     _setup_logging()
     dims = _dimensions(dimensions)
     videos = _videos_dir(videos, "--videos")
@@ -227,7 +233,15 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
     else:
         _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite, True)
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
-    _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings)
+    then = None
+    if not (no_grids and no_report):
+        from genmo_teacache.eval.report import grids_and_report
+
+        def then() -> dict[str, Path]:
+            return grids_and_report(videos, baseline, compare_modes, out, log_dir, make=not no_grids,
+                                    report=not no_report)
+    _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings,
+             then=then)
 
 
 # ---------------------------------------------------------------- the reference-named entry points
