@@ -91,9 +91,12 @@ def resolve_device(device: str) -> str:
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
-                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False):
+                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
+                  cfg_parallel: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``: see ``genmo_teacache.speed`` (defaults = upstream)."""
+    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``: see ``genmo_teacache.speed`` (defaults = upstream).
+    ``num_gpus`` > 1: context parallelism over them, or with ``cfg_parallel`` the two CFG branches on two halves
+    of them (each half context-parallel if it has more than one GPU)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
     from genmo_teacache.speed import SpeedOptions
 
@@ -106,15 +109,19 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
         num_gpus = max(torch.cuda.device_count(), 1) if device.startswith("cuda") else 1
     factories = factories_for(model_dir, text_encoder_dir=text_encoder_dir, lora_path=lora_path,
                               attention_mode=attention_mode, speed=speed)
-    if num_gpus > 1:
+    if num_gpus > 1 or cfg_parallel:
         from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
+        from genmo_teacache.parallel import check_layout
 
+        cp_size = check_layout(num_gpus, cfg_parallel)
         if lora_path or cpu_offload:
             raise ValueError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
-        if speed.dit_dtype != "fp32" or speed.compile:
-            raise ValueError("--dit_dtype bf16 and --compile_dit are single-GPU options (FSDP keeps fp32)")
+        if cp_size > 1 and not speed.is_default:
+            raise ValueError("speed options (--dit_dtype bf16, --compile_dit, ...) need the whole DiT on each GPU: "
+                             "context parallelism shards it (FSDP keeps fp32); use them alone or with --cfg_parallel "
+                             "on 2 GPUs")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
-                                        ray_address=ray_address)
+                                        ray_address=ray_address, cfg_parallel=cfg_parallel)
     if decode_type == "auto":
         decode_type = "tiled_spatial" if device.startswith("cuda") else "full"
     decode_args = dict(overlap=8) if decode_type == "tiled_spatial" else None

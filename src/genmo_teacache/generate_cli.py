@@ -31,7 +31,7 @@ from genmo_teacache.options import (
     resolve_model_dir,
     settings_from_options,
 )
-from genmo_teacache.parallel import check_divisible
+from genmo_teacache.parallel import check_divisible, check_layout
 from genmo_teacache.weights import WeightsError, check_model_dir
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,18 @@ def _check_jobs(jobs: list[Job], options: dict[str, Any]) -> None:
                 log.warning("warning: %s", warning)
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
-    if (options["num_gpus"] or 1) > 1:
-        from genmo_teacache.pipelines import read_model_config
+    num_gpus, cfg_parallel = options["num_gpus"] or (2 if options["cfg_parallel"] else 1), options["cfg_parallel"]
+    if num_gpus > 1 or cfg_parallel:
+        from genmo_teacache.weights import read_json_object
 
-        heads = read_model_config(options["model_dir"], "dit_config.json").get("num_heads", 24)
+        config = Path(options["model_dir"]) / "dit_config.json"
+        heads = (read_json_object(config) if config.exists() else {}).get("num_heads", 24)
         for _, _, s, _ in jobs:
             try:
-                check_divisible(options["num_gpus"], num_heads=heads, width=s.width, height=s.height,
-                                num_frames=s.num_frames)
+                if cfg_parallel and s.batch_cfg:
+                    raise ValueError("--cfg_parallel runs one CFG branch per GPU: drop --batch_cfg")
+                check_divisible(check_layout(num_gpus, cfg_parallel), num_heads=heads, width=s.width,
+                                height=s.height, num_frames=s.num_frames)
             except ValueError as e:
                 raise click.BadParameter(str(e)) from None
     if options["save_file"] and len(jobs) > 1:

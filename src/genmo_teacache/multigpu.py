@@ -1,9 +1,16 @@
-"""Context-parallel generation through Ray: ``TeaCacheMultiGPUPipeline`` (upstream ``MochiMultiGPUPipeline``).
+"""Multi-GPU generation through Ray: ``TeaCacheMultiGPUPipeline`` (upstream ``MochiMultiGPUPipeline``).
 
 One Ray actor per rank (one GPU each, or one CPU each with ``device_type="cpu"`` for tests): NCCL (gloo on
-CPU) process group, upstream's context-parallel group, DiT and T5 under FSDP FULL_SHARD, our factory and
-sampler in every rank. Every rank takes the same cache decision because the sampler all-reduces the
-indicator's numerator and denominator over the context-parallel group before the threshold test.
+CPU) process group, our factory and sampler in every rank. Two ways to use N ranks, which combine:
+
+* context parallelism (upstream's): the visual tokens of every DiT call split over the ranks of a group, two
+  all-to-alls and an all-gather per block; DiT under FSDP FULL_SHARD within the group;
+* CFG-parallel (``cfg_parallel=True``): the cond branch on one half of the ranks and the uncond branch on the
+  other, each step's outputs exchanged once (one broadcast per branch); with 2 GPUs each holds the whole DiT.
+  2 x C ranks = 2 CFG groups of C context-parallel ranks (rank r: branch r // C, context rank r % C).
+
+Every rank takes the same cache decision because the sampler sums the indicator over the context-parallel
+group and the CFG pair before the threshold test. T5 is sharded over all ranks (they all encode both prompts).
 
 Under FSDP, block 0's parameters are flat shards outside its forward, so the block-0 modulation the indicator
 needs comes from a replicated copy gathered once after wrapping (151 MB at full size).
@@ -34,7 +41,7 @@ from genmo.lib.progress import progress_bar  # noqa: E402
 from genmo.mochi_preview import pipelines as up  # noqa: E402
 
 from genmo_teacache.caches import CacheConfig  # noqa: E402
-from genmo_teacache.parallel import check_divisible  # noqa: E402
+from genmo_teacache.parallel import check_divisible, check_layout  # noqa: E402
 from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -69,8 +76,11 @@ def replicate_block0_modulation(dit: nn.Module) -> None:
 class RankContext:
     """What one Ray actor holds: its rank's models. Created cheaply; ``setup`` joins the process group."""
 
-    def __init__(self, *, factories: dict[str, Any], rank: int, world_size: int, device_type: str):
+    def __init__(self, *, factories: dict[str, Any], rank: int, world_size: int, device_type: str,
+                 cfg_parallel: bool = False):
         self.factories, self.rank, self.world_size, self.device_type = factories, rank, world_size, device_type
+        self.cfg_size = 2 if cfg_parallel else 1
+        self.cp_size = world_size // self.cfg_size
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
@@ -85,17 +95,30 @@ class RankContext:
         dist.init_process_group("nccl" if self.device_type == "cuda" else "gloo", rank=self.rank,
                                 world_size=self.world_size, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
                                 device_id=self.device if self.device_type == "cuda" else None)
-        cp.set_cp_group(dist.group.WORLD, list(range(self.world_size)), self.rank)
+        cp_group, self.branch_group = self._groups()
+        if self.cp_size > 1:
+            cp.set_cp_group(cp_group, dist.get_process_group_ranks(cp_group), self.rank)
         f = self.factories
         dit_factory = f["dit_factory"]
         self.tokenizer = up.t5_tokenizer(f["text_encoder_factory"].model_dir)
         self.text_encoder = self._text_encoder(f["text_encoder_factory"])
-        self.dit = dit_factory.get_model(local_rank=self.rank, device_id=self._device_id(),
-                                         world_size=self.world_size, fsdp=partial(fsdp_wrap, device=self.device),
-                                         all_ranks_load=self.device_type == "cpu")
-        replicate_block0_modulation(self.dit)
+        self.dit = dit_factory.get_model(local_rank=self.rank % self.cp_size, device_id=self._device_id(),
+                                         world_size=self.cp_size, all_ranks_load=self.device_type == "cpu",
+                                         fsdp=partial(fsdp_wrap, device=self.device, process_group=cp_group))
+        if self.cp_size > 1:
+            replicate_block0_modulation(self.dit)
         self.decoder = f["decoder_factory"].get_model(local_rank=self.rank, device_id=self._device_id(),
                                                       world_size=self.world_size)
+
+    def _groups(self) -> tuple[Any, Any]:
+        """(this rank's context-parallel group, its CFG pair or None). Every rank creates every group, in the same
+        order, as torch.distributed requires."""
+        if self.cfg_size == 1:
+            return dist.group.WORLD, None
+        cp_groups = [dist.new_group(list(range(g * self.cp_size, (g + 1) * self.cp_size)))
+                     for g in range(self.cfg_size)]
+        pairs = [dist.new_group([c, c + self.cp_size]) for c in range(self.cp_size)]
+        return cp_groups[self.rank // self.cp_size], pairs[self.rank % self.cp_size]
 
     def _device_id(self) -> int | str:
         return 0 if self.device_type == "cuda" else "cpu"
@@ -115,7 +138,7 @@ class RankContext:
         pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
                                                                      self.decoder)
         with progress_bar(type="ray_tqdm" if progress else "none", enabled=progress and self.rank == 0):
-            out = pipe.generate(progress=progress and self.rank == 0, **kwargs)
+            out = pipe.generate(progress=progress and self.rank == 0, branch_group=self.branch_group, **kwargs)
         return {"out": out if self.rank == 0 else None, "rank": self.rank,
                 "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps]}
 
@@ -133,16 +156,18 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
 
     ``device_type="cpu"`` runs the same thing on CPU ranks (gloo, one CPU per actor) for tests.
     ``ray_address`` joins an existing cluster; otherwise a local one is started and shut down by ``close``.
+    ``cfg_parallel``: the CFG branches on two halves of the ranks (see the module docstring).
     """
 
     def __init__(self, *, text_encoder_factory, dit_factory, decoder_factory, world_size: int,
-                 device_type: str = "cuda", ray_address: str | None = None):
-        if world_size < 2:
-            raise ValueError(f"world_size={world_size}: the multi-GPU pipeline needs at least 2 ranks")
+                 device_type: str = "cuda", ray_address: str | None = None, cfg_parallel: bool = False):
+        check_layout(world_size, cfg_parallel)
+        cp_size = world_size // 2 if cfg_parallel else world_size
         num_heads = dit_factory.kwargs["model_kwargs"].get("num_heads", 24)
-        if num_heads % world_size:
-            raise ValueError(f"{num_heads} attention heads do not divide over {world_size} ranks")
+        if num_heads % cp_size:
+            raise ValueError(f"{num_heads} attention heads do not divide over {cp_size} context-parallel ranks")
         self.world_size, self.device_type, self.num_heads = world_size, device_type, num_heads
+        self.cfg_parallel, self.cp_size = cfg_parallel, cp_size
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_", "NVSHMEM_"))}
@@ -158,8 +183,8 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
                          decoder_factory=decoder_factory)
         resources = {"num_gpus": 1} if device_type == "cuda" else {"num_cpus": 1, "num_gpus": 0}
         Remote = ray.remote(**resources)(RankContext)
-        self.ctxs = [Remote.remote(factories=factories, rank=i, world_size=world_size, device_type=device_type)
-                     for i in range(world_size)]
+        self.ctxs = [Remote.remote(factories=factories, rank=i, world_size=world_size, device_type=device_type,
+                                   cfg_parallel=cfg_parallel) for i in range(world_size)]
         addresses = [ctx.address.remote() for ctx in self.ctxs]  # returns once the actor has started
         ready, _ = ray.wait(addresses, num_returns=world_size, timeout=RANK_START_TIMEOUT_S)
         if len(ready) < world_size:
@@ -185,8 +210,10 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
 
     def generate(self, *, batch_cfg: bool, prompt: str, negative_prompt: str, cache: CacheConfig,
                  progress: bool = True, **kwargs: Any) -> GenerationOutput:
-        check_divisible(self.world_size, num_heads=self.num_heads, width=kwargs["width"], height=kwargs["height"],
+        check_divisible(self.cp_size, num_heads=self.num_heads, width=kwargs["width"], height=kwargs["height"],
                         num_frames=kwargs["num_frames"])
+        if self.cfg_parallel and batch_cfg:
+            raise ValueError("CFG-parallel runs one CFG branch per rank: it cannot batch them (drop --batch_cfg)")
         results = self._wait([ctx.generate.remote(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt,
                                                   cache=cache, progress=progress, **kwargs) for ctx in self.ctxs])
         decisions = {tuple(r["decisions"]) for r in results}

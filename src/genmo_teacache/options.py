@@ -73,6 +73,9 @@ generation_options = compose(
     click.option("--num_gpus", default=None, type=int, callback=_positive_or_none,
                  help="Ranks for context parallelism through Ray (default: every visible GPU, as upstream; 1 on "
                       "CPU). With --device cpu, N CPU ranks (gloo)."),
+    click.option("--cfg_parallel", is_flag=True,
+                 help="Run the two CFG branches on two halves of the --num_gpus GPUs (2: one branch per GPU, each "
+                      "with the whole DiT; 2N: N-way context parallelism per branch). Latents are those of one GPU."),
     click.option("--ray_address", default=None, help="Join this Ray cluster instead of starting a local one."),
     click.option("--dit_dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
                  help="DiT weight storage: fp32 as upstream (cast under autocast each call) or bf16 (less memory)."),
@@ -85,7 +88,7 @@ generation_options = compose(
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
+                 "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,29 @@
-"""Checks for context-parallel runs that need no model, no Ray and no GPU (so the CLI refuses early)."""
+"""Checks for multi-GPU runs that need no model, no Ray and no GPU (so the CLI refuses early)."""
 
 from __future__ import annotations
 
 DECODER_CONTEXT_FRAMES = 2  # the decoder's causal temporal convolutions (kernel 3) look 2 latent frames back
 
 
+def check_layout(num_gpus: int, cfg_parallel: bool) -> int:
+    """The context-parallel size of ``num_gpus`` ranks (half of them with ``cfg_parallel``); raises ValueError
+    naming the fix for a count that does not fit."""
+    if num_gpus < 1:
+        raise ValueError(f"--num_gpus {num_gpus}: use a positive number of GPUs")
+    if cfg_parallel and (num_gpus < 2 or num_gpus % 2):
+        raise ValueError(f"--cfg_parallel runs the two CFG branches on two halves of the GPUs: --num_gpus {num_gpus} "
+                         f"must be even (2, 4, ...)")
+    if not cfg_parallel and num_gpus < 2:
+        raise ValueError(f"--num_gpus {num_gpus}: the multi-GPU pipeline needs at least 2 ranks")
+    return num_gpus // 2 if cfg_parallel else num_gpus
+
+
 def check_divisible(world_size: int, *, num_heads: int, width: int, height: int, num_frames: int,
                     patch_size: int = 2) -> None:
-    """Context parallelism splits heads and visual tokens over ranks: refuse sizes that do not divide."""
+    """Context parallelism splits heads and visual tokens over ranks: refuse sizes that do not divide (a size of 1
+    always fits)."""
+    if world_size == 1:
+        return
     if num_heads % world_size:
         raise ValueError(f"{num_heads} attention heads do not divide over {world_size} ranks: use a --num_gpus "
                          f"that divides {num_heads}")

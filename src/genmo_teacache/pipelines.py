@@ -85,12 +85,12 @@ def _device_of(device_id: int | str) -> torch.device:
     return torch.device(f"cuda:{device_id}") if isinstance(device_id, int) else torch.device("cpu")
 
 
-def fsdp_wrap(model: torch.nn.Module, device: torch.device, auto_wrap_policy) -> torch.nn.Module:
+def fsdp_wrap(model: torch.nn.Module, device: torch.device, auto_wrap_policy, process_group=None) -> torch.nn.Module:
     """Upstream's ``setup_fsdp_sync`` with one change: root forward inputs are not cast to the parameter dtype.
     Upstream only ever passes fp32 tensors to the root (so nothing changes for it), but our sampler passes the
     phases' bf16 activations through the root forward, and casting them to fp32 would change the numerics
     away from the single-GPU result. On CPU, FSDP cannot sync weights from rank 0 (that needs GPUs): every CPU
-    rank loads the weights instead."""
+    rank loads the weights instead. ``process_group``: the ranks that shard the model (default: all)."""
     from torch.distributed.fsdp import BackwardPrefetch, MixedPrecision, ShardingStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -105,6 +105,7 @@ def fsdp_wrap(model: torch.nn.Module, device: torch.device, auto_wrap_policy) ->
         device_id=device if device.type == "cpu" else device.index,
         sync_module_states=device.type == "cuda",
         use_orig_params=True,
+        process_group=process_group,
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -121,6 +121,8 @@ def test_delta_temni_with_the_baseline(tiny_model_dir, tmp_path):
     (["--device", "cpu", "--num_gpus", "4", "--num_frames", "13"], "use at least 37 frames"),
     (["--teacache_mode", "fixed_0.1-max2-max3"], "twice"),
     (["--cache_mode", "fixed_0.1", "--teacache_thresh", "0.2"], "give one way"),
+    (["--device", "cpu", "--cfg_parallel", "--num_gpus", "3"], "--num_gpus 3 must be even"),
+    (["--device", "cpu", "--cfg_parallel", "--num_gpus", "2", "--batch_cfg"], "drop --batch_cfg"),
 ])
 def test_bad_parallel_and_mode_options_are_refused_before_loading(tiny_model_dir, extra, message):
     res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), *extra])

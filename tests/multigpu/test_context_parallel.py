@@ -77,3 +77,35 @@ def test_sizes_that_do_not_divide_are_refused_before_loading():
     with pytest.raises(ValueError, match="visual tokens"):
         check_divisible(4, num_heads=24, width=16 * 3, height=16, num_frames=1)
     check_divisible(2, num_heads=24, width=848, height=480, num_frames=163)  # 44,520 tokens split fine
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_cfg_parallel_matches_one_process_bit_for_bit(tiny_model_dir, world_size):
+    """CFG-parallel: the cond branch on one half of the ranks, uncond on the other, outputs exchanged each step.
+    2 ranks: each holds the whole DiT; 4 ranks: 2 CFG groups x 2 context-parallel ranks (what 4 GPUs would run)."""
+    single = TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir), device="cpu")
+    expected = {name: generate(single, cache) for name, cache in (("base", CacheConfig.baseline()), ("cached", CACHE))}
+    pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=world_size, device_type="cpu",
+                                    cfg_parallel=True)
+    try:
+        for name, cache in (("base", CacheConfig.baseline()), ("cached", CACHE)):
+            got = generate(pipe, cache)
+            assert torch.equal(got.latents, expected[name].latents), name
+            ranks = pipe.rank_results
+            assert all(r["decisions"] == [s.computed for s in expected[name].report.steps] for r in ranks)
+            assert got.report.dit_calls == expected[name].report.dit_calls
+        assert 0 < expected["cached"].report.skipped_steps < 7
+        assert ranks[0]["raws"] == ranks[-1]["raws"]
+        if world_size == 2:  # one branch per rank, no sharding: the same sums as one process, exactly
+            assert ranks[0]["raws"] == [r.raw for r in expected["cached"].report.steps]
+    finally:
+        pipe.close()
+
+
+def test_cfg_parallel_layouts_that_do_not_fit_are_refused():
+    from genmo_teacache.parallel import check_layout
+
+    assert check_layout(2, True) == 1 and check_layout(4, True) == 2 and check_layout(4, False) == 4
+    for n in (1, 3):
+        with pytest.raises(ValueError, match=f"--num_gpus {n} must be even"):
+            check_layout(n, True)
