@@ -10,6 +10,7 @@ import click
 # name -> "module:attribute" of a click command
 COMMANDS = {
     "generate": "genmo_teacache.generate_cli:generate_command",
+    "verify": "genmo_teacache.verify:verify_command",
     "make-tiny-model": "genmo_teacache.tiny:make_tiny_model_command",
     "calibrate": "genmo_teacache.calibrate:calibrate_command",
     "batch": "genmo_teacache.batch.cli:batch_command",
