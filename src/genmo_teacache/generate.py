@@ -92,15 +92,26 @@ def resolve_device(device: str) -> str:
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
-                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False):
+                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
+                  attention_kernel: str = "sdpa", fp8_linear: bool = False, speed_preset: str | None = None):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``: see ``genmo_teacache.speed`` (defaults = upstream)."""
+    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``: see
+    ``genmo_teacache.speed`` (defaults = upstream); ``speed_preset`` (a preset or spec) is applied first and
+    the options given with other than their default values go on top."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
-    from genmo_teacache.speed import SpeedOptions
+    from genmo_teacache.speed import check_speed_options, merge_speed
 
-    speed = SpeedOptions(dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit)
+    try:
+        speed = merge_speed(speed_preset, dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit,
+                            attention_kernel=attention_kernel, fp8_linear=fp8_linear)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
     device = resolve_device(device)
+    try:
+        check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if num_gpus is None:
         import torch
 
@@ -112,8 +123,9 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
 
         if lora_path or cpu_offload:
             raise click.UsageError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
-        if speed.dit_dtype != "fp32" or speed.compile:
-            raise click.UsageError("--dit_dtype bf16 and --compile_dit are single-GPU options (FSDP keeps fp32)")
+        if speed.dit_dtype != "fp32" or speed.compile or speed.attention_kernel != "sdpa" or speed.fp8_linear:
+            raise click.UsageError("--dit_dtype bf16, --compile_dit, --attention_kernel, --fp8_linear and "
+                                   "--speed_preset are single-GPU options (FSDP keeps fp32)")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
                                         ray_address=ray_address)
     if decode_type == "auto":
@@ -185,12 +197,22 @@ generation_options = _options(
                  type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
                  help="SDPA kernel for the DiT's attention (sdpa mode); auto lets PyTorch choose, as upstream."),
     click.option("--compile_dit", is_flag=True, help="torch.compile each DiT block (upstream's COMPILE_DIT)."),
+    click.option("--attention_kernel", default="sdpa", show_default=True,
+                 type=click.Choice(["sdpa", "fa3", "fa3_fp8", "fa4", "sage"]),
+                 help="DiT attention kernel: sdpa as upstream; fa3 / fa3_fp8 (pip install fa3-fwd, Hopper), fa4 "
+                      "(pip install flash-attn-4), sage (pip install sageattention). See docs/BENCHMARKS.md."),
+    click.option("--fp8_linear", is_flag=True,
+                 help="FP8 visual linear layers through torchao (needs --dit_dtype bf16 and compute capability 8.9+)."),
+    click.option("--speed_preset", default=None,
+                 help="Named speed options: fast (fastest measured), fast_bf16 (no 8-bit rounding), default; or "
+                      "tokens joined by + (bf16+fa3+compile). Other speed options given go on top."),
 )
 
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
+                 "num_gpus", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit", "attention_kernel",
+                 "fp8_linear", "speed_preset")
 
 
 def apply_model_defaults(ctx: click.Context | None, options: dict[str, Any]) -> dict[str, Any]:
