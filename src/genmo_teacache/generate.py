@@ -202,7 +202,7 @@ generation_options = _options(
                  help="DiT attention kernel: sdpa as upstream; fa3 / fa3_fp8 (pip install fa3-fwd, Hopper), fa4 "
                       "(pip install flash-attn-4), sage (pip install sageattention). See docs/BENCHMARKS.md."),
     click.option("--fp8_linear", is_flag=True,
-                 help="FP8 visual linear layers through torchao (needs --dit_dtype bf16 and compute capability 8.9+)."),
+                 help="FP8 visual linear layers through torchao (needs --dit_dtype bf16, compute capability 8.9+)."),
     click.option("--speed_preset", default=None,
                  help="Named speed options: fast (fastest measured), fast_bf16 (no 8-bit rounding), default; or "
                       "tokens joined by + (bf16+fa3+compile). Other speed options given go on top."),
