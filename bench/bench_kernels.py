@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--loop_steps", type=int, default=8)
     ap.add_argument("--budget_s", type=float, default=420, help="start no new variant after this many seconds")
     ap.add_argument("--name", default="bench_kernels", help="name of the full result file")
+    ap.add_argument("--plan", default=None,
+                    help="variants to run instead of the full list, in order: 'SPEC:FRAMES:LOOP;...', e.g. "
+                         "'default:163,31:1;fa3_fp8:163:1;bf16+compile:163:0' (fp32 specs before bf16 ones)")
     ap.add_argument("--tiny", action="store_true", help="tiny model on CPU (sdpa variants only): checks the script")
     args = ap.parse_args()
 
@@ -208,6 +211,13 @@ def main() -> None:
             "bf16+fa3_fp8+compile", "bf16+fp8_linear+compile", "bf16+fp8_linear", "bf16+fa4+compile",
             "bf16+sage+compile", "bf16+fa3+fp8_linear+compile")],
     ]
+    if args.plan:
+        plan = []
+        for entry in args.plan.split(";"):
+            spec, frames_text, with_loop = entry.split(":")
+            o = parse_speed(spec)
+            wanted = sorted(int(f) for f in frames_text.split(","))
+            plan.append((UPSTREAM if o.is_default else o.spec(), o, wanted, with_loop == "1"))
     if args.tiny:
         plan = [p for p in plan if p[1].attention_kernel == "sdpa" and not p[1].fp8_linear and not p[1].compile]
     seen = set()
