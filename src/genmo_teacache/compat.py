@@ -136,12 +136,23 @@ def varlen_attention_without_flash_attn() -> None:
         mod.flash_varlen_attn = varlen_attention_reference
 
 
+def flash_attn2_available() -> bool:
+    """Whether flash-attn 2 (``flash_attn.flash_attn_varlen_func``, what upstream's flash mode calls) is
+    installed. flash-attn-4 installs ``flash_attn.cute`` under a namespace package ``flash_attn`` without that
+    function: a bare ``find_spec("flash_attn")`` would take it for flash-attn 2."""
+    try:
+        spec = importlib.util.find_spec("flash_attn")
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 def apply() -> list[str]:
     """Apply every shim this machine needs (none of the CPU ones where CUDA is available). Idempotent.
     Returns the names of the shims in force."""
     if "moviepy_stub" not in _applied and stub_moviepy_if_missing():
         _applied.add("moviepy_stub")
-    if "varlen_reference" not in _applied and importlib.util.find_spec("flash_attn") is None:
+    if "varlen_reference" not in _applied and not flash_attn2_available():
         if not torch.cuda.is_available():
             import_attn_imports_without_cuda()
         varlen_attention_without_flash_attn()

@@ -92,17 +92,21 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
                   dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
+                  attention_kernel: str = "sdpa", fp8_linear: bool = False, speed_preset: str | None = None,
                   cfg_parallel: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``: see ``genmo_teacache.speed`` (defaults = upstream).
-    ``num_gpus`` > 1: context parallelism over them, or with ``cfg_parallel`` the two CFG branches on two halves
-    of them (each half context-parallel if it has more than one GPU)."""
+    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``: see
+    ``genmo_teacache.speed`` (defaults = upstream); ``speed_preset`` (a preset or spec) is applied first and
+    the options given with other than their default values go on top. ``num_gpus`` > 1: context parallelism over
+    them, or with ``cfg_parallel`` the two CFG branches on two halves of them (each half context-parallel if it has
+    more than one GPU)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
-    from genmo_teacache.speed import SpeedOptions
+    from genmo_teacache.speed import check_speed_options, merge_speed
 
-    speed = SpeedOptions(dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit)
-
+    speed = merge_speed(speed_preset, dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit,
+                        attention_kernel=attention_kernel, fp8_linear=fp8_linear)
     device = resolve_device(device)
+    check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:
         import torch
 
@@ -117,9 +121,9 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
         if lora_path or cpu_offload:
             raise ValueError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
         if cp_size > 1 and not speed.is_default:
-            raise ValueError("speed options (--dit_dtype bf16, --compile_dit, ...) need the whole DiT on each GPU: "
-                             "context parallelism shards it (FSDP keeps fp32); use them alone or with --cfg_parallel "
-                             "on 2 GPUs")
+            raise ValueError("speed options (--speed_preset, --dit_dtype bf16, --compile_dit, --attention_kernel, "
+                             "...) need the whole DiT on each GPU: context parallelism shards it (FSDP keeps fp32); "
+                             "use them on one GPU or with --cfg_parallel on 2 GPUs")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
                                         ray_address=ray_address, cfg_parallel=cfg_parallel)
     if decode_type == "auto":

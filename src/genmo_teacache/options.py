@@ -83,12 +83,22 @@ generation_options = compose(
                  type=click.Choice(["auto", "cudnn", "flash", "efficient", "math"]),
                  help="SDPA kernel for the DiT's attention (sdpa mode); auto lets PyTorch choose, as upstream."),
     click.option("--compile_dit", is_flag=True, help="torch.compile each DiT block (upstream's COMPILE_DIT)."),
+    click.option("--attention_kernel", default="sdpa", show_default=True,
+                 type=click.Choice(["sdpa", "fa3", "fa3_fp8", "fa4", "sage"]),
+                 help="DiT attention kernel: sdpa as upstream; fa3 / fa3_fp8 (pip install fa3-fwd, Hopper), fa4 "
+                      "(pip install flash-attn-4), sage (pip install sageattention). See docs/BENCHMARKS.md."),
+    click.option("--fp8_linear", is_flag=True,
+                 help="FP8 visual linear layers through torchao (needs --dit_dtype bf16, compute capability 8.9+)."),
+    click.option("--speed_preset", default=None,
+                 help="Named speed options: fast (fastest measured), fast_bf16 (no 8-bit rounding), default; or "
+                      "tokens joined by + (bf16+fa3+compile). Other speed options given go on top."),
 )
 
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit")
+                 "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit",
+                 "attention_kernel", "fp8_linear", "speed_preset")
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:

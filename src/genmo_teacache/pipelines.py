@@ -71,11 +71,9 @@ def read_model_config(model_dir: str | Path, name: str) -> dict[str, Any]:
 
 
 def resolve_attention_mode(attention_mode: str | None) -> str:
-    """``auto``/None -> "flash" when flash-attn is installed, else "sdpa" (upstream's inference)."""
+    """``auto``/None -> "flash" when flash-attn 2 is installed, else "sdpa" (upstream's inference)."""
     if attention_mode in (None, "auto"):
-        import importlib.util
-
-        return "flash" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+        return "flash" if compat.flash_attn2_available() else "sdpa"
     if attention_mode not in ("flash", "sdpa", "sage"):
         raise ValueError(f"attention_mode {attention_mode!r}: use auto, flash, sdpa or sage")
     return attention_mode

@@ -1,19 +1,33 @@
-"""Speed options for the DiT, off by default (upstream's behaviour): each keeps outputs within bf16 tolerance
-of the plain forward; docs/BENCHMARKS.md reports what each buys and how far outputs move.
+"""Speed options for the DiT, off by default (upstream's behaviour). docs/BENCHMARKS.md reports what each buys
+and how far it moves the outputs.
 
 - ``dit_dtype="bf16"``: store the DiT's linear and conv weights in bf16 (upstream keeps fp32 weights and casts
-  them under autocast on every call): 17 GiB less memory at full size. Norm weights and RoPE frequencies stay
-  fp32. Single-GPU only (FSDP keeps fp32 parameters).
-- ``sdpa_backend``: the SDPA kernel for the visual/text attention in ``attention_mode="sdpa"``. Upstream lets
+  them under autocast on every call): 17 GiB less memory at full size, same output bit for bit. Norm weights
+  and RoPE frequencies stay fp32. Single-GPU only (FSDP keeps fp32 parameters).
+- ``sdpa_backend``: the SDPA kernel for the visual/text attention (``attention_kernel="sdpa"``). Upstream lets
   PyTorch choose among flash, memory-efficient and (on Hopper) cuDNN; ``"cudnn"``, ``"flash"``,
   ``"efficient"`` or ``"math"`` force one.
+- ``attention_kernel``: another kernel for the joint attention of every block, each from its own package:
+  ``"fa3"`` FlashAttention-3 (PyPI ``fa3-fwd``, Hopper), ``"fa3_fp8"`` the same kernel on FP8 (e4m3) inputs
+  with per-head scales and K smoothed by its mean over tokens (exact for softmax), ``"fa4"`` FlashAttention-4
+  (PyPI ``flash-attn-4``, CuTeDSL; Hopper and Blackwell), ``"sage"`` SageAttention's ``sageattn`` (PyPI
+  ``sageattention`` is the Triton 1.x; a built 2.x installs under the same name and is used the same way).
+- ``fp8_linear``: the visual stream's big linear layers (QKV, output projection, both SwiGLU matrices) in FP8
+  through torchao (dynamic per-row scaled activations and weights). Needs bf16 weights and a GPU of compute
+  capability 8.9 or newer.
 - ``compile``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
+
+Options are written as a spec, ``"+"``-joined tokens (``"bf16+fa3_fp8+compile"``) or a preset name
+(``PRESETS``): the same string names them on the command line and after ``@`` in a mode name
+(``fixed_0.04@fast``), see :func:`split_mode`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 
 import torch
@@ -28,6 +42,14 @@ SDPA_BACKENDS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
+ATTENTION_KERNELS = ("sdpa", "fa3", "fa3_fp8", "fa4", "sage")
+# the visual stream's linears in each block (the text stream's are ~0.6% of the FLOPs and stay bf16)
+FP8_LINEARS = ("attn.qkv_x", "attn.proj_x", "mlp_x.w1", "mlp_x.w2")
+FP8_E4M3_MAX = 448.0
+
+
+class SpeedOptionError(ValueError):
+    """A speed option this machine cannot run (missing package, wrong device): raised before any model loads."""
 
 
 @dataclass(frozen=True)
@@ -35,36 +57,295 @@ class SpeedOptions:
     dit_dtype: str = "fp32"
     sdpa_backend: str = "auto"
     compile: bool = False
+    attention_kernel: str = "sdpa"
+    fp8_linear: bool = False
 
     def __post_init__(self) -> None:
         if self.dit_dtype not in ("fp32", "bf16"):
             raise ValueError(f"dit_dtype {self.dit_dtype!r}: use fp32 (upstream) or bf16")
         if self.sdpa_backend not in ("auto", *SDPA_BACKENDS):
             raise ValueError(f"sdpa_backend {self.sdpa_backend!r}: use auto, {', '.join(SDPA_BACKENDS)}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel {self.attention_kernel!r}: use {', '.join(ATTENTION_KERNELS)}")
+        if self.sdpa_backend != "auto" and self.attention_kernel != "sdpa":
+            raise ValueError(f"sdpa_backend {self.sdpa_backend!r} only applies to attention_kernel sdpa, not "
+                             f"{self.attention_kernel!r}: leave sdpa_backend at auto")
+        if self.fp8_linear and self.dit_dtype != "bf16":
+            raise ValueError("fp8_linear quantizes bf16 weights: set dit_dtype bf16 as well")
 
     @property
     def is_default(self) -> bool:
         return self == SpeedOptions()
 
+    def spec(self) -> str:
+        """The canonical spec: a preset's name when the options are exactly a preset's, else the tokens in a
+        fixed order (``"bf16+fa3_fp8+fp8_linear+compile"``). ``parse_speed(o.spec()) == o`` for every ``o``."""
+        for name, preset in PRESETS.items():
+            if preset == self:
+                return name
+        tokens = ["bf16"] if self.dit_dtype == "bf16" else []
+        if self.sdpa_backend != "auto":
+            tokens.append(f"sdpa_{self.sdpa_backend}")
+        if self.attention_kernel != "sdpa":
+            tokens.append(self.attention_kernel)
+        if self.fp8_linear:
+            tokens.append("fp8_linear")
+        if self.compile:
+            tokens.append("compile")
+        return "+".join(tokens)
+
+
+# Named combinations, from docs/BENCHMARKS.md section 7 (H200, 163 frames, one forward; upstream's default
+# 3.57 s): "fast" is the fastest measured combination (2.24 s, 1.60x; FP8 attention moves the output about 7x
+# as far as switching between two exact kernels does); "fast_bf16" the fastest that keeps attention and matmuls
+# in bf16 (2.62 s, 1.36x; output as close as bf16 weights + compile alone).
+PRESETS: dict[str, SpeedOptions] = {
+    "default": SpeedOptions(),
+    "fast": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8"),
+    "fast_bf16": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3"),
+}
+
+# token -> the fields it sets
+_TOKENS: dict[str, dict[str, object]] = {
+    "fp32": {"dit_dtype": "fp32"},
+    "bf16": {"dit_dtype": "bf16"},
+    "compile": {"compile": True},
+    "fp8_linear": {"fp8_linear": True},
+    **{f"sdpa_{b}": {"sdpa_backend": b} for b in SDPA_BACKENDS},
+    **{k: {"attention_kernel": k} for k in ATTENTION_KERNELS},
+}
+
+
+def parse_speed(spec: str) -> SpeedOptions:
+    """``"fast"``, ``"bf16+compile"``, ``"fast+sage"``: presets and tokens joined by ``+``, applied left to right
+    (a token after a preset overrides that preset's field). Two tokens setting one field differently is an
+    error, as is an unknown token."""
+    if not spec or not spec.strip():
+        raise ValueError("empty speed spec: use a preset (" + ", ".join(PRESETS) + ") or tokens joined by +")
+    values = asdict(SpeedOptions())
+    explicit: dict[str, str] = {}
+    for token in spec.strip().split("+"):
+        if token in PRESETS:
+            values = asdict(PRESETS[token])
+            explicit.clear()
+            continue
+        if token not in _TOKENS:
+            raise ValueError(f"speed spec {spec!r}: unknown token {token!r}; use a preset ({', '.join(PRESETS)}) "
+                             f"or {', '.join(_TOKENS)}")
+        for field_name, value in _TOKENS[token].items():
+            if field_name in explicit and values[field_name] != value:
+                raise ValueError(f"speed spec {spec!r}: {explicit[field_name]!r} and {token!r} both set "
+                                 f"{field_name}: keep one")
+            values[field_name] = value
+            explicit[field_name] = token
+    return SpeedOptions(**values)
+
+
+def merge_speed(preset: str | None, **options: object) -> SpeedOptions:
+    """The options of a command line: ``preset`` (a spec, see :func:`parse_speed`) with the explicitly given
+    options on top. An option left at its default value does not override the preset."""
+    defaults = asdict(SpeedOptions())
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown speed options {sorted(unknown)}")
+    base = asdict(parse_speed(preset)) if preset else defaults
+    base.update({k: v for k, v in options.items() if v is not None and v != defaults[k]})
+    return SpeedOptions(**base)
+
+
+MODE_SEPARATOR = "@"
+
+
+def split_mode(mode: str) -> tuple[str, SpeedOptions | None]:
+    """A mode name with speed options: ``"fixed_0.04@fast"`` -> ("fixed_0.04", PRESETS["fast"]);
+    ``"baseline@bf16+compile"`` -> ("baseline", SpeedOptions(dit_dtype="bf16", compile=True));
+    ``"fixed_0.04"`` -> ("fixed_0.04", None) (the run's own options apply)."""
+    base, sep, spec = mode.partition(MODE_SEPARATOR)
+    if not sep:
+        return mode, None
+    if not base:
+        raise ValueError(f"mode {mode!r}: nothing before {MODE_SEPARATOR!r}; write MODE@SPEED, e.g. baseline@fast")
+    if MODE_SEPARATOR in spec:
+        raise ValueError(f"mode {mode!r}: more than one {MODE_SEPARATOR!r}")
+    try:
+        return base, parse_speed(spec)
+    except ValueError as e:
+        raise ValueError(f"mode {mode!r}: {e}") from None
+
+
+def join_mode(base: str, options: SpeedOptions | None) -> str:
+    """The inverse of :func:`split_mode`: ``join_mode(*split_mode(m))`` is ``m`` in canonical form."""
+    if MODE_SEPARATOR in base:
+        raise ValueError(f"mode {base!r} already has {MODE_SEPARATOR!r}")
+    return base if options is None else f"{base}{MODE_SEPARATOR}{options.spec()}"
+
+
+# -- what each option needs, checked before any model loads ---------------------------------------------------
+
+_PACKAGES = {  # option -> (module to find, how to install)
+    "fa3": ("fa3_fwd_interface", "pip install fa3-fwd"),
+    "fa3_fp8": ("fa3_fwd_interface", "pip install fa3-fwd"),
+    "fa4": ("flash_attn.cute", "pip install flash-attn-4 nvidia-cutlass-dsl-libs-cu13 (or -cu12 to match torch)"),
+    "sage": ("sageattention", "pip install sageattention (Triton 1.x), or build SageAttention 2.x from source"),
+    "fp8_linear": ("torchao", "pip install torchao"),
+}
+_MIN_CAPABILITY = {"fa3": (9, 0), "fa3_fp8": (9, 0), "fa4": (9, 0), "sage": (8, 0), "fp8_linear": (8, 9)}
+_MAX_MAJOR = {"fa3": 9, "fa3_fp8": 9}  # FA3 is Hopper-only
+_WHAT = {"fa3": "FlashAttention-3", "fa3_fp8": "FlashAttention-3 FP8", "fa4": "FlashAttention-4",
+         "sage": "SageAttention", "fp8_linear": "torchao FP8 linear layers"}
+
+
+def _module_found(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
+def check_speed_options(options: SpeedOptions, device: torch.device | str) -> None:
+    """Raise :class:`SpeedOptionError` naming the package to install or the device needed, for any option that
+    cannot run here. Call before loading a model."""
+    device = torch.device(device)
+    wanted = [k for k in (options.attention_kernel, "fp8_linear" if options.fp8_linear else None) if k in _PACKAGES]
+    for key in wanted:
+        module, install = _PACKAGES[key]
+        label = "attention_kernel " + key if key != "fp8_linear" else "fp8_linear"
+        if not _module_found(module):
+            raise SpeedOptionError(f"{label} needs {_WHAT[key]} ({module} is not installed): {install}")
+        if device.type != "cuda":
+            raise SpeedOptionError(f"{label} runs on CUDA GPUs only ({_WHAT[key]}); the device is {device}: "
+                                   f"drop it or use a GPU")
+        major, minor = torch.cuda.get_device_capability(device)
+        need = _MIN_CAPABILITY[key]
+        if (major, minor) < need or major > _MAX_MAJOR.get(key, 99):
+            limit = f"{need[0]}.{need[1]}" + (f" to {_MAX_MAJOR[key]}.x" if key in _MAX_MAJOR else " or newer")
+            raise SpeedOptionError(f"{label} needs a GPU of compute capability {limit}; "
+                                   f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+
+
+# -- the attention kernels -------------------------------------------------------------------------------------
+# Each replaces ``AsymmetricAttention.sdpa_attention(q, k, v)`` of one block: q, k, v (B, heads, tokens, 128)
+# bf16, the visual then the valid text tokens, no mask; returns the same shape. The external kernel call is
+# opaque to torch.compile (a graph break); the FP8 quantisation around it stays compilable.
 
 def _sdpa_with(backend: SDPBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with sdpa_kernel([backend]):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
+def _bshd_kernel(kernel: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlashAttention's layout is (B, tokens, heads, dim): upstream's q, k, v are transposed views of exactly
+    that, so no copy is made either way."""
+    out = kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def smooth_k(k: torch.Tensor) -> torch.Tensor:
+    """K minus its mean over tokens, per head and channel: every score of a query row moves by the same
+    amount, so softmax (and attention) is unchanged, while K's range, what FP8 must cover, shrinks."""
+    return k - k.mean(dim=-2, keepdim=True)
+
+
+def quantize_fp8_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, heads, tokens, dim) -> e4m3 values and their descale (B, heads) float32: x ~= q * descale."""
+    xf = x.float()
+    descale = (xf.abs().amax(dim=(2, 3)) / FP8_E4M3_MAX).clamp(min=1e-12)
+    return (xf / descale[:, :, None, None]).to(torch.float8_e4m3fn), descale
+
+
+def _fa3_fp8(kernel: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    q8, qd = quantize_fp8_per_head(q)
+    k8, kd = quantize_fp8_per_head(smooth_k(k.float()))
+    v8, vd = quantize_fp8_per_head(v)
+    out = kernel(q8.transpose(1, 2), k8.transpose(1, 2), v8.transpose(1, 2), qd, kd, vd)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def _load_attention(kernel: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    if kernel in ("fa3", "fa3_fp8"):
+        from fa3_fwd_interface import flash_attn_func as fa3
+
+        if kernel == "fa3":
+            return partial(_bshd_kernel, torch.compiler.disable(fa3))
+
+        def fa3_descaled(q, k, v, qd, kd, vd):
+            return fa3(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd)
+
+        return partial(_fa3_fp8, torch.compiler.disable(fa3_descaled))
+    if kernel == "fa4":
+        from flash_attn.cute import flash_attn_func as fa4
+
+        def fa4_out(q, k, v):
+            out = fa4(q, k, v)
+            return out[0] if isinstance(out, tuple) else out
+
+        return partial(_bshd_kernel, torch.compiler.disable(fa4_out))
+    if kernel == "sage":
+        from sageattention import sageattn
+
+        def sage(q, k, v):
+            return sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+
+        return torch.compiler.disable(sage)
+    raise ValueError(f"attention_kernel {kernel!r} has no loader")
+
+
+def set_attention(dit: torch.nn.Module, kernel: str = "sdpa", sdpa_backend: str = "auto") -> None:
+    """Point every block's attention at ``kernel`` (per instance: other models in the process keep upstream's
+    choice). ``("sdpa", "auto")`` restores upstream's method."""
+    if kernel == "sdpa":
+        fn = None if sdpa_backend == "auto" else partial(_sdpa_with, SDPA_BACKENDS[sdpa_backend])
+    else:
+        fn = _load_attention(kernel)
+    for block in dit.blocks:
+        if fn is None:
+            block.attn.__dict__.pop("sdpa_attention", None)
+        else:
+            block.attn.sdpa_attention = fn
+
+
+def quantize_fp8_linears(dit: torch.nn.Module) -> int:
+    """torchao FP8 (dynamic per-row activation and weight scales) for the visual linears of every block.
+    Returns how many layers were converted."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    count = 0
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        nonlocal count
+        hit = isinstance(module, torch.nn.Linear) and name in FP8_LINEARS
+        count += hit
+        return hit
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    for block in dit.blocks:
+        quantize_(block, config, filter_fn=wanted)
+    return count
+
+
 def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
-    """Apply ``options`` to an (unwrapped) DiT, in place. Call after its weights are loaded."""
+    """Apply ``options`` to an (unwrapped) DiT, in place. Call after its weights are loaded. Raises
+    :class:`SpeedOptionError` first if an option cannot run on the DiT's device."""
+    if options.is_default:
+        return dit
+    check_speed_options(options, next(dit.parameters()).device)
     if options.dit_dtype == "bf16":
         from genmo.mochi_preview.pipelines import cast_dit
 
         cast_dit(dit, torch.bfloat16)
-    if options.sdpa_backend != "auto":
-        backend = SDPA_BACKENDS[options.sdpa_backend]
-        for block in dit.blocks:  # per instance: other models in the process keep upstream's choice
-            block.attn.sdpa_attention = partial(_sdpa_with, backend)
+    if options.fp8_linear:
+        log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
+    if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
+        set_attention(dit, options.attention_kernel, options.sdpa_backend)
     if options.compile:
+        if options.fp8_linear:
+            log.warning("fp8_linear with compile: in our H200 benchmark its first forward had not finished after "
+                        "about 4 minutes (torchao FP8 weights under torch.compile); eager fp8_linear was no faster "
+                        "than bf16 (docs/BENCHMARKS.md section 7)")
         for block in dit.blocks:
             block.compile(dynamic=False)
-    if not options.is_default:
-        log.info("DiT speed options: %s", options)
+    log.info("DiT speed options: %s", options.spec())
     return dit
+
+
+SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))
