@@ -17,7 +17,14 @@ import numpy as np
 from genmo_teacache.coefficients import Rescale
 from genmo_teacache.config import DEFAULT_HIGH_STEPS, CacheConfig
 from genmo_teacache.parallel import check_divisible
-from genmo_teacache.video import atomic_path, write_json, write_video
+from genmo_teacache.video import (
+    OutputPathError,
+    atomic_path,
+    check_output_dir,
+    check_output_file,
+    write_json,
+    write_video,
+)
 
 log = logging.getLogger(__name__)
 
@@ -340,11 +347,14 @@ def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: flo
 
 
 def save_result(result: GenerationResult, video_path: Path, *, arguments: dict[str, Any],
-                delta_temni: bool = False, latents_path: str | None = None) -> dict[str, Path]:
-    """The mp4, its JSON sidecar (``<video>.json``) and, if asked, the delta-TEMNI files and latents."""
+                delta_temni: bool = False, latents_path: str | None = None, exclusive: bool = False
+                ) -> dict[str, Path]:
+    """The mp4, its JSON sidecar (``<video>.json``) and, if asked, the delta-TEMNI files and latents.
+    ``exclusive``: never replace a file; the video takes the first free name (``<stem>-1.mp4``, ...)."""
     import torch
 
-    paths = {"video": write_video(video_path, result.frames)}
+    video_path = write_video(video_path, result.frames, exclusive=exclusive)
+    paths = {"video": video_path}
     if latents_path:
         with atomic_path(latents_path) as tmp:
             torch.save(result.latents.cpu(), tmp)
@@ -378,7 +388,9 @@ def save_result(result: GenerationResult, video_path: Path, *, arguments: dict[s
                    "num_frames, threshold_noise, linear_steps, teacache_mode), as upstream.")
 @click.option("--seed", default=1710977262, show_default=True, type=int, help="Random seed.")
 @click.option("--out_dir", default="outputs", show_default=True, help="Output directory for generated videos.")
-@click.option("--save_file", default=None, help="Video path (default: OUT_DIR/output_<time>_<mode>.mp4).")
+@click.option("--save_file", default=None,
+              help="Video path, replaced if it exists (default: OUT_DIR/output_<time>_<i>_<mode>.mp4, never "
+                   "replacing a file: -1, -2, ... are added to a name that exists).")
 @click.option("--save_latents", default=None, help="Also torch.save the final latents (before decoding) here.")
 @click.option("--delta_temni_plot", is_flag=True,
               help="Record the TeaCache indicator on every step without skipping; write <video>_delta_TEMNI.txt "
@@ -414,10 +426,11 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
                 raise click.BadParameter(str(e)) from None
     if options["save_file"] and len(jobs) > 1:
         raise click.UsageError("--save_file names one video; with --sweep-file use --out_dir")
+    check_outputs(options)
 
     try:
         pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConnectionError) as e:
         raise click.ClickException(str(e)) from None
     for i, (prompt, seed, s, c) in enumerate(jobs):
         with progress_bar(type="tqdm"):
@@ -427,10 +440,26 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
         arguments = {"prompt": prompt, "seed": seed, "model_dir": options["model_dir"], **asdict(s),
                      **pipeline_kwargs(options)}
         paths = save_result(result, video, arguments=arguments, delta_temni=options["delta_temni_plot"],
-                            latents_path=options["save_latents"])
+                            latents_path=options["save_latents"], exclusive=not options["save_file"])
         click.echo(summary_text(result.report, result.timings, result.peak_memory_gb))
         for kind, path in paths.items():
             click.echo(f"  {kind}: {path}")
+
+
+def check_outputs(options: dict[str, Any]) -> None:
+    """Before any model loads: the output locations can be written, the Ray address answers."""
+    from genmo_teacache.parallel import check_ray_address
+
+    try:
+        if options["save_file"]:
+            check_output_file(options["save_file"], "--save_file")
+        else:
+            check_output_dir(options["out_dir"], "--out_dir")
+        if options["save_latents"]:
+            check_output_file(options["save_latents"], "--save_latents")
+        check_ray_address(options.get("ray_address"))
+    except (OutputPathError, ConnectionError) as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _sweep_jobs(options: dict[str, Any]) -> list[tuple[str, int, GenerationSettings, CacheConfig]]:
