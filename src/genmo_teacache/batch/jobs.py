@@ -126,8 +126,12 @@ def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, Ca
     for mode, cache in modes:
         try:
             costs[mode] = estimate_cost(cache, num_steps)
-        except ValueError as e:
-            raise BatchError(f"mode {mode!r}: {e}") from None
+        except ValueError:  # its message may name options of `generate`: say what to do in a batch
+            raise BatchError(
+                f"mode {mode!r}: its cache schedule does not fit --num_steps {num_steps}. Raise --num_steps, or "
+                "choose a mode whose schedule fits: a shorter high phase (adaptive_<hi>_<lo>_h<n>: n steps of "
+                "<hi>, the rest <lo>) or segments that add up to --num_steps (schedule_<n>x<t>_..._restx<t>)"
+            ) from None
     stems: dict[str, str] = {}
     jobs: list[Job] = []
     for prompt_index, entry in prompts:
