@@ -36,7 +36,7 @@ from tqdm import tqdm
 from genmo_teacache import __version__
 from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale
 from genmo_teacache.options import generation_options
-from genmo_teacache.video import atomic_path, write_json
+from genmo_teacache.video import atomic_path, check_output_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +354,8 @@ def calibrate_command(ctx: click.Context, **options: Any) -> None:
     settings = settings_from_options(**options)
     try:
         paths = output_paths(options["out"])
+        for path in paths.values():  # before the model loads, not after the whole calibration
+            check_output_file(path, "--out")
         prompts = read_calibration_prompts(options["prompts_file"], options["num_prompts"])
     except ValueError as e:
         raise click.BadParameter(str(e)) from None

@@ -202,11 +202,14 @@ def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: flo
 
 
 def save_result(result: GenerationResult, video_path: Path, *, arguments: dict[str, Any],
-                delta_temni: bool = False, latents_path: str | None = None) -> dict[str, Path]:
-    """The mp4, its JSON sidecar (``<video>.json``) and, if asked, the delta-TEMNI files and latents."""
+                delta_temni: bool = False, latents_path: str | None = None, exclusive: bool = False
+                ) -> dict[str, Path]:
+    """The mp4, its JSON sidecar (``<video>.json``) and, if asked, the delta-TEMNI files and latents.
+    ``exclusive``: never replace a file; the video takes the first free name (``<stem>-1.mp4``, ...)."""
     import torch
 
-    paths = {"video": write_video(video_path, result.frames)}
+    video_path = write_video(video_path, result.frames, exclusive=exclusive)
+    paths = {"video": video_path}
     if latents_path:
         with atomic_path(latents_path) as tmp:
             torch.save(result.latents.cpu(), tmp)

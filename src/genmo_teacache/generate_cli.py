@@ -31,7 +31,8 @@ from genmo_teacache.options import (
     resolve_model_dir,
     settings_from_options,
 )
-from genmo_teacache.parallel import check_divisible, check_layout
+from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address
+from genmo_teacache.video import OutputPathError, check_output_dir, check_output_file
 from genmo_teacache.weights import WeightsError, check_model_dir
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ Job = tuple[str, int, GenerationSettings, CacheConfig]
 @click.option("--seed", default=1710977262, show_default=True, type=int, help="Random seed.")
 @click.option("--out_dir", default="outputs", show_default=True, help="Output directory for generated videos.")
 @click.option("--save_file", default=None,
-              help="Video path (default: OUT_DIR/output_<unix time>_<job index>_<mode>.mp4, never overwriting).")
+              help="Video path, replaced if it exists (default: OUT_DIR/output_<unix time>_<job index>_<mode>.mp4, "
+                   "never replacing a file: -1, -2, ... are added to a name that exists).")
 @click.option("--save_latents", default=None, help="Also torch.save the final latents (before decoding) here.")
 @click.option("--delta_temni_plot", is_flag=True,
               help="Record the TeaCache indicator on every step without skipping; write <video>_delta_TEMNI.txt "
@@ -73,7 +75,7 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
         raise click.ClickException(str(e)) from None
     try:
         pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
         raise click.ClickException(str(e)) from None
     for i, (prompt, seed, s, c) in enumerate(jobs):
         with progress_bar(type="tqdm"):
@@ -83,7 +85,7 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
         arguments = {"prompt": prompt, "seed": seed, "model_dir": options["model_dir"], **asdict(s),
                      **pipeline_kwargs(options)}
         paths = save_result(result, video, arguments=arguments, delta_temni=options["delta_temni_plot"],
-                            latents_path=options["save_latents"])
+                            latents_path=options["save_latents"], exclusive=not options["save_file"])
         click.echo(summary_text(result.report, result.timings, result.peak_memory_gb))
         for kind, path in paths.items():
             click.echo(f"  {kind}: {path}")
@@ -113,6 +115,16 @@ def _check_jobs(jobs: list[Job], options: dict[str, Any]) -> None:
                 raise click.BadParameter(str(e)) from None
     if options["save_file"] and len(jobs) > 1:
         raise click.UsageError("--save_file names one video; with --sweep-file use --out_dir")
+    try:  # the output locations can be written, the Ray address answers
+        if options["save_file"]:
+            check_output_file(options["save_file"], "--save_file")
+        else:
+            check_output_dir(options["out_dir"], "--out_dir")
+        if options["save_latents"]:
+            check_output_file(options["save_latents"], "--save_latents")
+        check_ray_address(options.get("ray_address"))
+    except (OutputPathError, ConnectionError) as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _sweep_jobs(options: dict[str, Any]) -> list[Job]:

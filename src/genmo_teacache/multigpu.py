@@ -41,7 +41,7 @@ from genmo.lib.progress import progress_bar  # noqa: E402
 from genmo.mochi_preview import pipelines as up  # noqa: E402
 
 from genmo_teacache.caches import CacheConfig  # noqa: E402
-from genmo_teacache.parallel import check_divisible, check_layout  # noqa: E402
+from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address  # noqa: E402
 from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
         self.cfg_parallel, self.cp_size = cfg_parallel, cp_size
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
+            check_ray_address(ray_address)  # ray.init would retry forever where nothing listens
             env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_", "NVSHMEM_"))}
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": env} if env else None,

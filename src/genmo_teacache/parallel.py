@@ -1,4 +1,4 @@
-"""Checks for multi-GPU runs that need no model, no Ray and no GPU (so the CLI refuses early)."""
+"""Checks for multi-GPU and Ray runs that need no model and no GPU (so the CLI refuses early)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,57 @@ def check_divisible(world_size: int, *, num_heads: int, width: int, height: int,
         raise ValueError(f"{num_frames} frames are {latent_t} latent frames, which the VAE decoder cannot split over "
                          f"{world_size} ranks ({chunks}: each rank but the last needs {DECODER_CONTEXT_FRAMES}): "
                          f"use at least {need} frames or fewer --num_gpus")
+
+
+RAY_PROBE_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001  # ray://HOST without a port
+
+
+def _ray_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) that a Ray address connects to first; None where Ray looks it up itself or starts a cluster."""
+    if address in ("auto", "local", ""):
+        if address != "auto":
+            return None
+        try:  # the cluster Ray would join: RAY_ADDRESS or the last one started on this machine
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception:  # no cluster found: ray.init says so itself, at once
+            return None
+        if not address:
+            return None
+    default = None
+    if address.startswith("ray://"):
+        address, default = address[len("ray://"):], RAY_CLIENT_PORT
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        if default is None:
+            raise ValueError(f"Ray address {address!r}: use HOST:PORT (the cluster's GCS address), ray://HOST:PORT or "
+                             "auto")
+        host, port = address, str(default)
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout_s: float = RAY_PROBE_TIMEOUT_S) -> None:
+    """Refuse a Ray address where nothing answers: ``ray.init(address=...)`` would retry forever. Raises
+    ConnectionError naming the address and what to do; a quick TCP connection, nothing sent."""
+    import socket
+
+    if not address:
+        return
+    try:
+        target = _ray_host_port(address)
+    except ValueError as e:
+        raise ConnectionError(str(e)) from None
+    if target is None:
+        return
+    host, port = target
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(
+            f"nothing answers at the Ray address {address} ({host}:{port}: {e.strerror or e}) within "
+            f"{timeout_s:.0f} s: start the cluster (`ray start --head` on that machine), pass the address that "
+            f"`ray status` shows there, or leave out --ray_address to start a local cluster"
+        ) from None

@@ -138,3 +138,18 @@ def test_log_names():
 def test_every_reference_mode_combination_builds():
     for a, b in itertools.combinations(REFERENCE_MODES.split(","), 2):
         assert len(build_jobs(select_prompts(entries("a")), parse_modes([a, b]), 1, 0, 64)) == 2
+
+
+@pytest.mark.parametrize("mode", ["adaptive_0.12_0.04", "schedule_4x0.1_4x0.2"])
+def test_a_schedule_that_does_not_fit_names_options_that_batch_has(mode):
+    """Batch has no --teacache_high_steps (a generate option): its hint names --num_steps and mode names."""
+    try:
+        build_jobs(select_prompts(entries("a cat")), parse_modes(mode), 1, 0, 6)
+    except BatchError as e:
+        message = str(e)
+    else:  # an open-ended schedule may be cut at --num_steps instead: then there is nothing to hint
+        assert parse_mode(mode).method.schedule[-1][0] is None, f"{mode} does not fit 6 steps, yet no error"
+        return
+    assert f"mode {mode!r}" in message and "--num_steps 6" in message
+    assert "adaptive_<hi>_<lo>_h<n>" in message and "schedule_" in message
+    assert "--teacache" not in message

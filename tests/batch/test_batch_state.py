@@ -116,7 +116,9 @@ def test_generation_log_is_in_job_order_and_rebuilt_on_resume(tmp_path):
     (tmp_path / "videos" / jobs[2].mode).mkdir(parents=True, exist_ok=True)
     stale = tmp_path / "videos" / jobs[2].mode / f"{TMP_PREFIX}{jobs[2].stem}-{jobs[2].sample}-k1ll3d00.mp4"
     stale.write_bytes(b"\0" * 10)
-    log, pending = prepare(plan)
+    session = prepare(plan)
+    session.close()
+    log, pending = session.log, session.pending
     assert not stale.exists()
     assert [j.index for j in pending] == [j.index for j in jobs if j.index not in (1, 5)]
     data = json.loads(plan.log_path.read_text())

@@ -1,9 +1,16 @@
-"""One job on a loaded pipeline: generate, write the sidecar report, then the video (the video is the marker of a
-finished job), and return the job's log entry. Used alike by the local runner and by the Ray workers.
+"""One job on a loaded pipeline: generate, then write the outputs (video encoded and verified under a temporary
+name, the sidecar report, then the video renamed: the video is the marker of a finished job), and return the job's
+log entry. Used alike by the local runner and by the Ray workers.
+
+Writing can run in the background (:class:`JobWriter`): one writer thread per process encodes a video while the
+next one generates; at most one write is pending, so at most two videos' frames are in memory. A job counts as
+finished only when its write has returned (video verified and renamed); a write that fails is that job's failure.
 
 Fault injection for tests: if ``GENMO_TEACACHE_TEST_CRASH_JOB`` names a job id (``<mode>/<stem>-<i>``) and the
 file named by ``GENMO_TEACACHE_TEST_CRASH_MARKER`` does not exist yet, the process creates that file and kills
-itself with SIGKILL when it starts that job, i.e. the first time only, wherever the job runs.
+itself with SIGKILL when it starts that job, i.e. the first time only, wherever the job runs. With the suffix
+``@write`` (``<mode>/<stem>-<i>@write``) it does so in the middle of the job's write instead: after the report is
+written and before the video is renamed into place.
 """
 
 from __future__ import annotations
@@ -12,19 +19,26 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.batch.jobs import Job
+import numpy as np
+
+from genmo_teacache.batch.jobs import LOGS, Job
 from genmo_teacache.batch.state import jsonable
-from genmo_teacache.video import write_json, write_video
+from genmo_teacache.video import atomic_path, encode_video, file_identity, write_json
 
 logger = logging.getLogger(__name__)
 
 CRASH_JOB_ENV = "GENMO_TEACACHE_TEST_CRASH_JOB"
 CRASH_MARKER_ENV = "GENMO_TEACACHE_TEST_CRASH_MARKER"
 TIMING_KEYS = ("text_encoding_s", "denoising_s", "decoding_s", "total_s")
+# observes a mode without a cache (--delta_temni_plot): TeaCache's indicator with its default polynomial; the
+# threshold is never used, since observe-only generation computes every step
+OBSERVER_MODE = "fixed_0.1"
+DELTA_TEMNI = "delta_temni"  # logs/delta_temni/<mode>/<stem>-<i>_delta_TEMNI.txt (+ _plot.png)
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
@@ -50,10 +64,28 @@ class PipelineSpec:
         return pipe
 
 
-def maybe_crash(job: Job) -> None:
-    """The test hook described in the module docstring."""
+@dataclass(frozen=True)
+class JobOptions:
+    """What every job of a batch shares besides the pipeline: where its outputs go and how they are made."""
+
+    root: str
+    settings: Any  # generate.GenerationSettings
+    fingerprint: dict[str, Any] | None = None  # batch.fingerprint: recorded in every report
+    model_paths: dict[str, Any] | None = None  # where the weights were (information only)
+    observe_only: bool = False  # --delta_temni_plot: no skipping, the indicator of every step recorded
+    background_write: bool = True
+
+
+def delta_temni_base(root: str | Path, job: Job) -> Path:
+    """The path whose stem the job's delta-TEMNI files take (``generate.write_delta_temni`` adds the suffixes):
+    ``logs/delta_temni/<mode>/<stem>-<i>``, where ``genmo-teacache evaluate`` finds them (one plot per mode)."""
+    return Path(root) / LOGS / DELTA_TEMNI / job.mode / f"{job.stem}-{job.sample}.mp4"
+
+
+def maybe_crash(job: Job, phase: str = "") -> None:
+    """The test hook described in the module docstring (``phase``: "" at the job's start, "write" in its write)."""
     target, marker = os.environ.get(CRASH_JOB_ENV), os.environ.get(CRASH_MARKER_ENV)
-    if not target or not marker or target != job.id:
+    if not target or not marker or target != job.id + (f"@{phase}" if phase else ""):
         return
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -61,7 +93,7 @@ def maybe_crash(job: Job) -> None:
         return
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    logger.warning("test hook: process %d kills itself on job %s", os.getpid(), job.id)
+    logger.warning("test hook: process %d kills itself on job %s %s", os.getpid(), job.id, phase)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -97,22 +129,116 @@ def log_entry(job: Job, result: Any, *, worker: str, attempt: int) -> dict[str, 
     }
 
 
-def run_job(pipe: Any, job: Job, settings: Any, root: str | Path, *, worker: str = "local",
-            attempt: int = 1) -> dict[str, Any]:
-    """Generate one video and write its report and video atomically (report first); return its log entry."""
+@dataclass
+class JobOutput:
+    """A generated job, not yet written."""
+
+    job: Job
+    attempt: int
+    frames: np.ndarray
+    report: dict[str, Any]  # the generation report (per-step trace)
+    entry: dict[str, Any]  # its log entry
+
+
+def generate_job(pipe: Any, job: Job, opts: JobOptions, *, worker: str = "local", attempt: int = 1) -> JobOutput:
+    """Generate one video (nothing written yet)."""
+    from genmo_teacache.config import CacheConfig
     from genmo_teacache.generate import generate
 
     maybe_crash(job)
-    root = Path(root)
-    result = generate(pipe, prompt=job.prompt, cache=job.cache, seed=job.seed, settings=settings, progress=False)
+    cache = job.cache
+    if opts.observe_only and not cache.enabled:  # a mode without a cache is observed by TeaCache's indicator
+        cache = CacheConfig.from_mode(OBSERVER_MODE)
+    result = generate(pipe, prompt=job.prompt, cache=cache, seed=job.seed, settings=opts.settings, progress=False,
+                      observe_only=opts.observe_only)
     entry = log_entry(job, result, worker=worker, attempt=attempt)
-    write_json(job.report_path(root), {
-        "log_entry": entry,
-        "job": job.to_dict(),
-        "settings": settings_dict(settings),
-        "generation": jsonable(result.report),
-    })
-    write_video(job.video_path(root), result.frames)
+    return JobOutput(job, attempt, result.frames, result.report, entry)
+
+
+def write_job(out: JobOutput, opts: JobOptions) -> dict[str, Any]:
+    """Write a generated job: the video encoded and verified under a temporary name, the report (with the video's
+    size and SHA-256), then the video renamed into place; the delta-TEMNI trace first if asked. Returns the log
+    entry; raises (e.g. VideoWriteError, OSError) if anything could not be written."""
+    from genmo_teacache.generate import write_delta_temni
+
+    job, root = out.job, Path(opts.root)
+    if opts.observe_only:
+        write_delta_temni(delta_temni_base(root, job), out.report)
+    t0 = time.perf_counter()
+    with atomic_path(job.video_path(root)) as tmp:
+        encode_video(tmp, out.frames)
+        entry = {**out.entry, "write_s": time.perf_counter() - t0}
+        write_json(job.report_path(root), {
+            "log_entry": entry,
+            "job": job.to_dict(),
+            "settings": settings_dict(opts.settings),
+            "fingerprint": opts.fingerprint,
+            "model_paths": opts.model_paths,
+            "video_file": file_identity(tmp),
+            "generation": jsonable(out.report),
+        })
+        maybe_crash(job, "write")
     logger.info("%s: %.1f s (%s computed steps)", job.id, entry["time_seconds"] or float("nan"),
                 entry["cache"]["computed_steps"])
     return entry
+
+
+def run_job(pipe: Any, job: Job, opts: JobOptions, *, worker: str = "local", attempt: int = 1) -> dict[str, Any]:
+    """Generate one video and write its outputs; return its log entry."""
+    return write_job(generate_job(pipe, job, opts, worker=worker, attempt=attempt), opts)
+
+
+@dataclass
+class WriteOutcome:
+    """A finished write: the job's log entry, or why it failed."""
+
+    job: Job
+    attempt: int
+    entry: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobWriter:
+    """Writes generated jobs, in a background thread (``background``) or right away.
+
+    :meth:`submit` first waits for the pending write, so at most one write runs while the caller generates the
+    next video, and returns the outcomes of the writes that completed; :meth:`flush` waits for the pending one.
+    Errors of a write become its outcome's ``error`` (the job failed), never an exception of the caller.
+    """
+
+    def __init__(self, opts: JobOptions):
+        self.opts = opts
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="video-writer") if opts.background_write else None
+        self._pending: Future[WriteOutcome] | None = None
+
+    def _write(self, out: JobOutput) -> WriteOutcome:
+        try:
+            return WriteOutcome(out.job, out.attempt, entry=write_job(out, self.opts))
+        except Exception as e:  # a full disk, an unwritable folder, ...: this job failed
+            logger.error("%s: writing its outputs failed: %s: %s", out.job.id, type(e).__name__, e)
+            return WriteOutcome(out.job, out.attempt, error=f"writing its outputs failed: {type(e).__name__}: {e}")
+
+    def submit(self, out: JobOutput) -> list[WriteOutcome]:
+        done = self.flush()
+        if self._pool is None:
+            return done + [self._write(out)]
+        self._pending = self._pool.submit(self._write, out)
+        return done
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def flush(self) -> list[WriteOutcome]:
+        if self._pending is None:
+            return []
+        pending, self._pending = self._pending, None
+        return [pending.result()]
+
+    def close(self) -> list[WriteOutcome]:
+        """Wait for the pending write, stop the thread; the last outcomes."""
+        try:
+            return self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)

@@ -113,7 +113,7 @@ def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, Ca
         try:
             costs[mode] = estimate_cost(cache, num_steps)
         except ValueError as e:
-            raise BatchError(f"mode {mode!r}: {e}") from None
+            raise BatchError(f"mode {mode!r} cannot run --num_steps {num_steps}: {e}") from None
     stems: dict[str, str] = {}
     jobs: list[Job] = []
     for prompt_index, entry in prompts:

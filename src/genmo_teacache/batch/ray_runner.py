@@ -4,13 +4,18 @@ whose rank actors hold the GPUs, one each); the driver serves a shared queue lon
 free up, writes the generation log after every finished job and shows one progress bar.
 
 Ownership: a job's video and report are written only by the worker running it, and a job runs on one worker at
-a time; the log and ``prompt_names.json`` are written only by the driver. On a multi-node cluster
-``--output-dir`` must be on a file system every node sees.
+a time; the log and ``prompt_names.json`` are written only by the driver, which also holds the batch's locks
+(``batch.locks``). On a multi-node cluster ``--output-dir`` must be on a file system every node sees.
 
-Failures: a worker that dies (``RayActorError``: process killed, segfault, out of memory) has its job put back
-in the queue and is replaced by a new worker; a job that raises is put back too. A job is tried at most
-``1 + max_retries`` times, then reported failed. The driver connects to ``ray_address`` or starts a local
-cluster, and shuts down only what it started.
+Background writing: each worker has one writer thread (``execute.JobWriter``); ``run`` generates a job, waits for
+the previous job's write, starts this job's write and returns the outcomes of the writes that completed. The driver
+counts a job finished only when its write's outcome arrives (``flush`` collects the last one of an idle worker).
+
+Failures: a worker that dies (``RayActorError``: process killed, segfault, out of memory) has its jobs (the one
+generating and the one being written) checked on disk: finished ones are logged, the others put back in the queue,
+and the worker is replaced by a new one; a job that raises, or whose write fails, is put back too. A job is tried
+at most ``1 + max_retries`` times, then reported failed. The driver connects to ``ray_address`` (after checking
+that something answers there) or starts a local cluster, and shuts down only what it started.
 """
 
 from __future__ import annotations
@@ -19,15 +24,23 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from genmo_teacache.batch.execute import CRASH_JOB_ENV, CRASH_MARKER_ENV, PipelineSpec, run_job
+from genmo_teacache.batch.execute import (
+    CRASH_JOB_ENV,
+    CRASH_MARKER_ENV,
+    JobOptions,
+    JobWriter,
+    PipelineSpec,
+    WriteOutcome,
+    generate_job,
+)
 from genmo_teacache.batch.jobs import BatchError, Job, longest_first
-from genmo_teacache.batch.runner import BatchPlan, BatchResult, prepare, progress_bar
+from genmo_teacache.batch.runner import BatchPlan, BatchResult, Session, prepare, progress_bar
 from genmo_teacache.batch.state import clean_stale_tmp
+from genmo_teacache.parallel import check_ray_address
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +48,10 @@ logger = logging.getLogger(__name__)
 class BatchWorker:
     """A Ray actor holding one loaded pipeline (wrapped with ``ray.remote`` at run time)."""
 
-    def __init__(self, name: str, spec: PipelineSpec, settings: Any, root: str, log_level: int = logging.INFO):
+    def __init__(self, name: str, spec: PipelineSpec, opts: JobOptions, log_level: int = logging.INFO):
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-        self.name, self.settings, self.root = name, settings, Path(root)
+        self.name, self.opts = name, opts
+        self.writer = JobWriter(opts)
         self.pipe = spec.load()
 
     def ready(self) -> dict[str, Any]:
@@ -46,8 +60,14 @@ class BatchWorker:
         return {"name": self.name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()]}
 
-    def run(self, job: Job, attempt: int) -> dict[str, Any]:
-        return run_job(self.pipe, job, self.settings, self.root, worker=self.name, attempt=attempt)
+    def run(self, job: Job, attempt: int) -> list[WriteOutcome]:
+        """Generate ``job``, hand it to the writer; the outcomes of the writes that completed meanwhile."""
+        out = generate_job(self.pipe, job, self.opts, worker=self.name, attempt=attempt)
+        return self.writer.submit(out)
+
+    def flush(self) -> list[WriteOutcome]:
+        """Wait for the pending write; its outcome."""
+        return self.writer.flush()
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,10 @@ def _init_ray(opts: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if opts.address:  # an existing cluster (or a ray:// client address): its own settings apply
+        try:
+            check_ray_address(opts.address)  # ray.init would retry forever where nothing listens
+        except ConnectionError as e:
+            raise BatchError(str(e)) from None
         try:
             ray.init(address=opts.address)
         except (ConnectionError, RuntimeError) as e:
@@ -105,15 +129,24 @@ def _worker_count(opts: RayOptions) -> int:
 
 def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResult:
     """Run this invocation's pending jobs on Ray workers (see the module docstring)."""
+    t0 = time.perf_counter()
+    session = prepare(plan)
+    result = BatchResult(len(plan.jobs), len(plan.jobs) - len(session.pending), log_path=plan.log_path)
+    try:
+        if session.pending:
+            _run_ray(session, spec, opts, result)
+        session.collect_elsewhere(result)
+    finally:
+        session.close()
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: BatchResult) -> None:
     import ray
     from ray.exceptions import RayActorError, RayError, RayTaskError
 
-    t0 = time.perf_counter()
-    log, pending_jobs = prepare(plan)
-    result = BatchResult(len(plan.jobs), len(plan.jobs) - len(pending_jobs), log_path=plan.log_path)
-    if not pending_jobs:
-        return result
-
+    plan = session.plan
     started = _init_ray(opts)
     remote_cls = ray.remote(BatchWorker)
     # With k > 1 GPUs per worker the worker's context-parallel pipeline starts its own rank actors, which claim
@@ -125,13 +158,15 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
     if env:
         actor_opts["runtime_env"] = {"env_vars": env}
     log_level = logging.getLogger("genmo_teacache").getEffectiveLevel()
+    job_opts = plan.job_options()
 
     workers: dict[str, Any] = {}
     starting: dict[Any, str] = {}  # ready ref -> worker name
-    running: dict[Any, tuple[str, Job, int]] = {}  # run ref -> (worker, job, attempt)
+    running: dict[Any, tuple[str, Job | None]] = {}  # run ref -> (worker, job); flush ref -> (worker, None)
+    unconfirmed: dict[str, dict[int, Job]] = {}  # worker -> jobs given to it whose write has not been reported
     idle: list[str] = []
     attempts: dict[int, int] = {}
-    queue = longest_first(pending_jobs)
+    queue = longest_first(session.pending)
     counter = 0
     start_errors: list[str] = []
 
@@ -139,8 +174,9 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
         nonlocal counter
         name = f"ray-{counter}"
         counter += 1
-        actor = remote_cls.options(**actor_opts).remote(name, spec, plan.settings, str(plan.root), log_level)
+        actor = remote_cls.options(**actor_opts).remote(name, spec, job_opts, log_level)
         workers[name] = actor
+        unconfirmed[name] = {}
         starting[actor.ready.remote()] = name
 
     def retire(name: str) -> None:
@@ -151,6 +187,7 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
     def give_back(job: Job, why: str) -> None:
         if attempts[job.index] > opts.max_retries:
             logger.error("%s failed %d time(s), giving up: %s", job.id, attempts[job.index], why)
+            session.jobs.release(job)
             result.failed.append((job, why))
         else:
             logger.warning("%s: %s; retrying (attempt %d of %d)", job.id, why, attempts[job.index] + 1,
@@ -158,14 +195,44 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
             queue.append(job)
             queue.sort(key=lambda j: (-j.cost, j.index))
 
-    def worker_lost(name: str, job: Job, why: str) -> None:
+    def handle(name: str, outcomes: list[WriteOutcome], bar: Any) -> None:
+        for o in outcomes:
+            unconfirmed[name].pop(o.job.index, None)
+            if o.error is not None:
+                give_back(o.job, o.error)
+            elif session.outcome(o, result):
+                bar.set_postfix_str(o.job.id[-60:], refresh=False)
+                bar.update()
+
+    def worker_lost(name: str, why: str, bar: Any) -> None:
         nonlocal replacements_left
         retire(name)
-        clean_stale_tmp([job], plan.root)  # the dead worker's half-written files; nobody else writes them
-        give_back(job, why)
+        lost = list(unconfirmed.pop(name, {}).values())
+        done = plan.finished(lost)  # a write may have completed before the worker died
+        for job in lost:
+            if job.index in done:
+                session.jobs.release(job)
+                if session.record(job, done[job.index], result):
+                    bar.update()
+            else:
+                clean_stale_tmp([job], plan.root)  # the dead worker's half-written files; nobody else writes them
+                give_back(job, why)
         if replacements_left > 0:
             replacements_left -= 1
             start_worker()
+
+    def dispatch() -> None:
+        while idle and queue:
+            job = queue.pop(0)
+            if attempts.get(job.index) is None and not session.claim(job, result):
+                continue
+            name = idle.pop(0)
+            attempts[job.index] = attempts.get(job.index, 0) + 1
+            unconfirmed[name][job.index] = job
+            running[workers[name].run.remote(job, attempts[job.index])] = (name, job)
+        for name in [n for n in idle if unconfirmed[n]]:  # nothing to generate: collect their last writes
+            idle.remove(name)
+            running[workers[name].flush.remote()] = (name, None)
 
     replacements_left = 0
     try:
@@ -176,15 +243,13 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
         for _ in range(n):
             start_worker()
         with logging_redirect_tqdm(), progress_bar(result.total, result.already_done, "batch (ray)") as bar:
-            while queue or running:
-                while idle and queue:
-                    name, job = idle.pop(0), queue.pop(0)
-                    attempts[job.index] = attempts.get(job.index, 0) + 1
-                    running[workers[name].run.remote(job, attempts[job.index])] = (name, job, attempts[job.index])
-                if not running and not starting:
+            while True:
+                dispatch()  # afterwards, no running call means that no write is unconfirmed either
+                if not running and (not queue or not starting):
                     why = "no Ray worker left" + (f" (last start error: {start_errors[-1]})" if start_errors else "")
-                    result.failed += [(job, why) for job in queue]
-                    queue.clear()
+                    for job in queue:
+                        session.jobs.release(job)
+                        result.failed.append((job, why))
                     break
                 [ref], _ = ray.wait(list(running) + list(starting), num_returns=1)
                 if ref in starting:
@@ -201,28 +266,25 @@ def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResul
                     logger.info("worker %s ready: pid %s, GPUs %s", name, info["pid"], info["gpus"] or "none")
                     idle.append(name)
                     continue
-                name, job, attempt = running.pop(ref)
+                name, job = running.pop(ref)
                 try:
-                    entry = ray.get(ref)
-                except RayActorError as e:  # the worker process is gone: redo its job elsewhere, replace it
-                    worker_lost(name, job, f"worker {name} died ({type(e).__name__})")
+                    outcomes = ray.get(ref)
+                except RayActorError as e:  # the worker process is gone: redo its jobs elsewhere, replace it
+                    worker_lost(name, f"worker {name} died ({type(e).__name__})", bar)
                     continue
-                except RayTaskError as e:  # the job raised; the worker is fine
+                except RayTaskError as e:  # the job's generation raised; the worker is fine
                     idle.append(name)
-                    give_back(job, f"{type(e.cause).__name__ if e.cause else 'error'}: {e.cause or e}")
+                    if job is not None:
+                        unconfirmed[name].pop(job.index, None)
+                        give_back(job, f"{type(e.cause).__name__ if e.cause else 'error'}: {e.cause or e}")
                     continue
                 except RayError as e:  # anything else from Ray: do not trust this worker any more
-                    worker_lost(name, job, f"worker {name} lost ({type(e).__name__}: {e})")
+                    worker_lost(name, f"worker {name} lost ({type(e).__name__}: {e})", bar)
                     continue
-                log.add(job.index, entry)
-                result.generated += 1
+                handle(name, outcomes, bar)
                 idle.append(name)
-                bar.set_postfix_str(job.id[-60:], refresh=False)
-                bar.update()
     finally:
         for name in list(workers):
             retire(name)
         if started:
             ray.shutdown()
-    result.elapsed_s = time.perf_counter() - t0
-    return result

@@ -1,14 +1,17 @@
 """What is finished, what is stale, and the generation log.
 
-A job is finished when its video exists. Every job writes its sidecar report first and its video last, both
-atomically (``video.atomic_path``: temporary ``.tmp-*`` name, renamed when complete), so a finished video always
-has its report, and a killed run leaves at most a report without a video (the job is simply redone) and
-``.tmp-*`` files (removed by the next run, for its own jobs only, so that concurrent ``--gpu-id`` processes never
-delete each other's files in flight).
+A job is finished when its video exists, decodes as it did when it was written, and was made with the same
+prompt, seed, settings, cache config and weights as this run asks for. A job encodes its video under a temporary
+name, checks that it decodes to every frame, writes its sidecar report (with the video's size and SHA-256 and the
+run's fingerprint, ``batch.fingerprint``) and renames the video last, each atomically (``video.atomic_path``), so a
+finished video always has its report, and a killed run leaves at most a report without a video (the job is simply
+redone) and ``.tmp-*`` files (removed by the next run, for jobs whose lock it holds, so that concurrent batches
+never delete each other's files in flight). A video that no longer matches its report (truncated, emptied,
+replaced) is generated again.
 
 The generation log is derived from the reports: after every finished job the log is rewritten atomically with
-the log entries of all finished jobs of this invocation's job set, in job order. Its entries are therefore
-exactly the finished jobs, whatever was killed when.
+the log entries of all finished jobs of this invocation's job set, in job order, followed by the entries of other
+jobs that earlier invocations with the same log name wrote (e.g. other modes), which are kept as they were.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from genmo_teacache.batch.fingerprint import differences
 from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
+from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
-from genmo_teacache.video import TMP_PREFIX, write_json
+from genmo_teacache.video import TMP_PREFIX, VideoWriteError, file_identity, verify_video, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +51,67 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def _mismatch(job: Job, report: dict[str, Any], settings: dict[str, Any]) -> str | None:
+_PATH_KEYS = ("source", "mag_source")  # where a calibration file was read from: not what it contains
+
+
+def _config_for_comparison(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: _config_for_comparison(v) for k, v in config.items() if k not in _PATH_KEYS}
+    return config
+
+
+def _mismatch(job: Job, report: dict[str, Any], settings: dict[str, Any],
+              fingerprint: dict[str, Any] | None) -> list[str]:
+    """What differs between a finished job's report and this run (empty if nothing)."""
     rjob = report.get("job", {})
     if rjob.get("prompt") != job.prompt:
-        return f"prompt {rjob.get('prompt')!r} != {job.prompt!r}"
+        return [f"prompt {rjob.get('prompt')!r} != {job.prompt!r}"]
     if rjob.get("seed") != job.seed:
-        return f"seed {rjob.get('seed')} != {job.seed}"
-    old = report.get("settings", {})
-    diff = [f"{k} {old[k]!r} != {v!r}" for k, v in settings.items() if k in old and old[k] != v]
-    return ", ".join(diff) or None
+        return [f"seed {rjob.get('seed')} != {job.seed}"]
+    diff = differences(report.get("settings", {}), settings)
+    old_config = rjob.get("config")
+    if isinstance(old_config, dict):
+        new = jsonable(_config_for_comparison(job.cache.to_dict()))
+        if differences(_config_for_comparison(old_config), new):
+            diff.append("cache_config (" + ", ".join(differences(_config_for_comparison(old_config), new)) + ")")
+    old_fp = report.get("fingerprint")
+    if fingerprint is not None and isinstance(old_fp, dict):
+        diff += differences(old_fp, jsonable(fingerprint))
+    return diff
 
 
-def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """job index -> log entry of every finished job (video and report present).
+def video_intact(job: Job, root: Path, report: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """None if the job's video is the one its report recorded (size and SHA-256; a report of an older version
+    without them: the video decodes to the expected frame count); else what is wrong with it."""
+    video = job.video_path(root)
+    recorded = report.get("video_file")
+    try:
+        if isinstance(recorded, dict):
+            actual = file_identity(video)
+            if actual != {k: recorded.get(k) for k in actual}:
+                return (f"{actual['bytes']} bytes, not the {recorded.get('bytes')} bytes (SHA-256 "
+                        f"{str(recorded.get('sha256'))[:12]}...) that were verified when it was written")
+            return None
+        frames = settings.get("num_frames")
+        verify_video(video, frames if isinstance(frames, int) else None)
+    except (OSError, VideoWriteError) as e:
+        return str(e)
+    return None
 
-    Raises BatchError if a finished video was made with another prompt, seed or generation settings, since a
-    resumed evaluation must not mix them: use another ``--output-dir`` or delete the stale videos.
+
+def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any],
+                     fingerprint: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """job index -> log entry of every finished job (intact video and its report).
+
+    A video that is incomplete or does not match its report (truncated, emptied, replaced) is generated again.
+    Raises BatchError if a finished video was made with another prompt, seed, generation settings, cache config
+    or (``fingerprint``) other weights or pipeline options, since a resumed evaluation must not mix them: use
+    another ``--output-dir`` or delete the mode's videos and reports.
     """
     settings = jsonable(settings)
     done: dict[int, dict[str, Any]] = {}
-    conflicts: list[str] = []
+    conflicts: list[tuple[Job, list[str]]] = []
+    unchecked = 0
     for job in jobs:
         video = job.video_path(root)
         if not video.exists():
@@ -74,16 +120,30 @@ def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any]) 
         if not isinstance(report, dict) or "log_entry" not in report:
             logger.warning("%s has no readable report %s: it is generated again", video, job.report_relpath)
             continue
-        problem = _mismatch(job, report, settings)
+        problem = _mismatch(job, report, settings, fingerprint)
         if problem:
-            conflicts.append(f"{job.video_relpath}: {problem}")
+            conflicts.append((job, problem))
             continue
+        broken = video_intact(job, root, report, settings)
+        if broken:
+            logger.warning("%s is not a finished video (%s): it is generated again", video, broken)
+            continue
+        unchecked += fingerprint is not None and not isinstance(report.get("fingerprint"), dict)
         done[job.index] = report["log_entry"]
+    if unchecked:
+        logger.warning("%d finished video(s) in %s were made by an older version that did not record the weights "
+                       "and pipeline options: they are kept without checking those", unchecked, root)
     if conflicts:
+        fields = sorted({p.split(" ")[0] for _, problem in conflicts for p in problem})
+        job, problem = conflicts[0]
+        modes = sorted({j.mode for j, _ in conflicts})
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        folders = ", ".join(f"{VIDEOS}/{m}/ and {REPORTS}/{m}/" for m in modes)
         raise BatchError(
-            f"{len(conflicts)} finished video(s) in {root} were generated with other settings, e.g. "
-            f"{conflicts[0]}{more}. Use another --output-dir, or delete them to regenerate."
+            f"{len(conflicts)} finished video(s) in {root} were generated with other settings or weights "
+            f"(differing: {', '.join(fields)}), e.g. {job.video_relpath}: {'; '.join(problem)}{more}. Resuming "
+            f"would mix them in one evaluation: use another --output-dir, or delete {folders} to generate them "
+            f"again."
         )
     return done
 
@@ -137,25 +197,39 @@ def record_prompt_names(root: Path, jobs: Iterable[Job]) -> Path:
     """Add the mapped prompts of these jobs to ``prompt_names.json`` ({file stem: prompt}); written only when it
     changes (it is always present after a run, ``{}`` when no prompt needed mapping)."""
     path = root / PROMPT_NAMES
-    old = read_json(path)
-    names = dict(old) if isinstance(old, dict) else {}
-    for job in jobs:
-        if job.stem != job.prompt:
-            names[job.stem] = job.prompt
-    if names != old:
-        write_json(path, dict(sorted(names.items())))
+    mapped = {job.stem: job.prompt for job in jobs if job.stem != job.prompt}
+    with shared_file_lock(root, Path(PROMPT_NAMES).stem):  # other batches on this folder add theirs
+        old = read_json(path)
+        names = {**(old if isinstance(old, dict) else {}), **mapped}
+        if names != old:
+            write_json(path, dict(sorted(names.items())))
     return path
+
+
+def _run_key(run: dict[str, Any]) -> tuple[Any, ...]:
+    return run.get("mode"), run.get("prompt"), run.get("sample", 0)
 
 
 class GenerationLog:
     """``logs/generation_log_<start>-<end>[...].json``: ``{"runs": [entry, ...], ...}``, one entry per finished
-    job of this job set, in job order; rewritten atomically after every change."""
+    job of this job set, in job order, then the entries of other jobs (other modes) that the file held before,
+    as they were; rewritten atomically after every change."""
 
     def __init__(self, path: Path, jobs: list[Job], meta: dict[str, Any] | None = None):
         self.path = path
         self.order = {job.index: i for i, job in enumerate(jobs)}
         self.meta = dict(meta or {})
         self.entries: dict[int, dict[str, Any]] = {}
+        self.others: list[dict[str, Any]] = []
+        own = {(job.mode, job.prompt, job.sample) for job in jobs}
+        old = read_json(path)
+        runs = old.get("runs") if isinstance(old, dict) else None
+        for run in runs if isinstance(runs, list) else []:
+            if isinstance(run, dict) and _run_key(run) not in own:
+                self.others.append(run)
+        if self.others:
+            logger.info("%s: keeping the %d entries of jobs this run does not own (e.g. other modes)", path.name,
+                        len(self.others))
 
     def add(self, job_index: int, entry: dict[str, Any], write: bool = True) -> None:
         self.entries[job_index] = entry
@@ -163,7 +237,7 @@ class GenerationLog:
             self.write()
 
     def write(self) -> None:
-        runs = [self.entries[i] for i in sorted(self.entries, key=self.order.__getitem__)]
+        runs = [self.entries[i] for i in sorted(self.entries, key=self.order.__getitem__)] + self.others
         write_json(self.path, {"runs": runs, **self.meta, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 

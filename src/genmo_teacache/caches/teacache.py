@@ -185,7 +185,8 @@ class TeaCache(Method):
         fixed_total = sum(n for n, _ in self.schedule if n is not None)
         if self.schedule[-1][0] is not None and fixed_total < num_steps:
             raise ValueError(f"cache schedule {self.name} covers {fixed_total} steps but num_steps={num_steps}: "
-                             f"make its segments add up to at least {num_steps} (or end it with restx<t>)")
+                             f"use segments that add up to at least {num_steps} (schedule_<n>x<t>_..._restx<t>, or "
+                             f"adaptive_<hi>_<lo>_h<n>: n steps of <hi>, the rest <lo>)")
         out: list[Segment] = []
         left = num_steps
         for n, t in self.schedule:

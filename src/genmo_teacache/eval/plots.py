@@ -198,7 +198,8 @@ def write_plots(comp: Comparison, out_dir: str | os.PathLike, labels: Mapping[st
     for group, paths in (temni_groups or {}).items():
         if paths:
             shown = list(paths)[:max_curves]
-            path = plot_delta_temni(shown, out_dir / f"delta_temni_{group}.png",
+            name = group if group.lower().startswith("delta_temni") else f"delta_temni_{group}"  # a folder named so
+            path = plot_delta_temni(shown, out_dir / f"{name}.png",
                                     title=f"Rescaled TeaCache indicator per step: {group} "
                                           f"({len(shown)} of {len(paths)} videos)")
             written[path.name] = path
