@@ -8,7 +8,7 @@ Quirks fixed elsewhere, by our subclasses rather than by patching:
   takes a device;
 - ``DitModelFactory`` cannot build other sizes (``depth`` passed twice) -> ``TeaCacheDitModelFactory``;
 - upstream's ``autocast("cuda")`` is inert on CPU -> our sampler autocasts on the device's own type;
-- random-init models leave ``RMSNorm.weight`` and ``pos_frequencies`` empty -> ``tiny.init_random_dit``.
+- random-init models leave ``RMSNorm.weight`` and ``pos_frequencies`` empty -> ``model.init_random_dit``.
 """
 
 from __future__ import annotations

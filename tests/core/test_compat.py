@@ -27,7 +27,8 @@ def test_upstream_attn_imports_load_without_cuda():
 def _upstream_tiny_dit(attention_mode="sdpa"):
     from genmo_teacache.model import AsymmDiTJoint
     from genmo_teacache.pipelines import dit_kwargs
-    from genmo_teacache.tiny import TINY_DIT_KWARGS, init_random_dit
+    from genmo_teacache.model import init_random_dit
+    from genmo_teacache.tiny import TINY_DIT_KWARGS
 
     torch.manual_seed(0)
     return init_random_dit(AsymmDiTJoint(**dit_kwargs(TINY_DIT_KWARGS, attention_mode))).eval()
