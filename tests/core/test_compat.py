@@ -25,9 +25,8 @@ def test_upstream_attn_imports_load_without_cuda():
 
 
 def _upstream_tiny_dit(attention_mode="sdpa"):
-    from genmo_teacache.model import AsymmDiTJoint
+    from genmo_teacache.model import AsymmDiTJoint, init_random_dit
     from genmo_teacache.pipelines import dit_kwargs
-    from genmo_teacache.model import init_random_dit
     from genmo_teacache.tiny import TINY_DIT_KWARGS
 
     torch.manual_seed(0)

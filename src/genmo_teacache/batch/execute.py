@@ -35,9 +35,6 @@ logger = logging.getLogger(__name__)
 CRASH_JOB_ENV = "GENMO_TEACACHE_TEST_CRASH_JOB"
 CRASH_MARKER_ENV = "GENMO_TEACACHE_TEST_CRASH_MARKER"
 TIMING_KEYS = ("text_encoding_s", "denoising_s", "decoding_s", "total_s")
-# observes a mode without a cache (--delta_temni_plot): TeaCache's indicator with its default polynomial; the
-# threshold is never used, since observe-only generation computes every step
-OBSERVER_MODE = "fixed_0.1"
 DELTA_TEMNI = "delta_temni"  # logs/delta_temni/<mode>/<stem>-<i>_delta_TEMNI.txt (+ _plot.png)
 
 
@@ -142,15 +139,12 @@ class JobOutput:
 
 def generate_job(pipe: Any, job: Job, opts: JobOptions, *, worker: str = "local", attempt: int = 1) -> JobOutput:
     """Generate one video (nothing written yet)."""
-    from genmo_teacache.config import CacheConfig
     from genmo_teacache.generate import generate
 
     maybe_crash(job)
-    cache = job.cache
-    if opts.observe_only and not cache.enabled:  # a mode without a cache is observed by TeaCache's indicator
-        cache = CacheConfig.from_mode(OBSERVER_MODE)
-    result = generate(pipe, prompt=job.prompt, cache=cache, seed=job.seed, settings=opts.settings, progress=False,
-                      observe_only=opts.observe_only)
+    # observe-only records TeaCache's indicator on every step whatever the mode (the sampler measures it)
+    result = generate(pipe, prompt=job.prompt, cache=job.cache, seed=job.seed, settings=opts.settings,
+                      progress=False, observe_only=opts.observe_only)
     entry = log_entry(job, result, worker=worker, attempt=attempt)
     return JobOutput(job, attempt, result.frames, result.report, entry)
 
