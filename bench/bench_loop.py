@@ -21,7 +21,7 @@ from genmo_teacache.caches import CacheConfig, parse_mode  # noqa: E402
 from genmo_teacache.caches.pattern import PatternPolicy  # noqa: E402
 from genmo_teacache.generate import GenerationSettings  # noqa: E402
 from genmo_teacache.sampler import sample_model  # noqa: E402
-from genmo_teacache.speed import SpeedOptions  # noqa: E402
+from genmo_teacache.speed import SpeedOptions, check_speed_options, parse_speed  # noqa: E402
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 
 from common import conditioning, full_size_dit, peak_gib, reset_peak, sync, table, write_results
@@ -45,10 +45,13 @@ def main() -> None:
     ap.add_argument("--dit_dtype", default="fp32")
     ap.add_argument("--sdpa_backend", default="auto")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--speed", default=None, help="a speed preset or spec (fast, bf16+fa3+compile, ...) instead")
     args = ap.parse_args()
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    speed = SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile)
+    speed = (parse_speed(args.speed) if args.speed else
+             SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile))
+    check_speed_options(speed, device)
     dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None, speed=speed)
     w, h = (64, 64) if args.tiny else (848, 480)
     settings = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=args.steps)
@@ -94,7 +97,8 @@ def main() -> None:
                               "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s",
                               "skipped_step_of_computed", "peak_gib"]))
     write_results(args.name or f"bench_loop_{args.frames}f_{args.steps}s",
-                  {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "speed": str(speed), "rows": rows})
+                  {"frames": args.frames, "steps": args.steps, "cfg": "unbatched", "speed": speed.spec(),
+                   "rows": rows})
 
 
 def run_baseline(run, dit, device, settings, cond):
