@@ -142,13 +142,13 @@ class JobOutput:
 
 def generate_job(pipe: Any, job: Job, opts: JobOptions, *, worker: str = "local", attempt: int = 1) -> JobOutput:
     """Generate one video (nothing written yet)."""
-    from genmo_teacache.config import CacheConfig
+    from genmo_teacache.caches import parse_mode
     from genmo_teacache.generate import generate
 
     maybe_crash(job)
     cache = job.cache
     if opts.observe_only and not cache.enabled:  # a mode without a cache is observed by TeaCache's indicator
-        cache = CacheConfig.from_mode(OBSERVER_MODE)
+        cache = parse_mode(OBSERVER_MODE)
     result = generate(pipe, prompt=job.prompt, cache=cache, seed=job.seed, settings=opts.settings, progress=False,
                       observe_only=opts.observe_only)
     entry = log_entry(job, result, worker=worker, attempt=attempt)
