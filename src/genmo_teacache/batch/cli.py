@@ -201,14 +201,48 @@ def print_dry_run(plan: BatchPlan, use_ray: bool) -> None:
     click.echo("dry run: nothing was written")
 
 
+def check_speeds(plan: BatchPlan, gen: dict[str, Any], k: int, remote: bool) -> None:
+    """Each distinct set of speed options of the plan's jobs (a mode's ``@SPEED`` or the run's) can run here:
+    the kernel packages installed, the device fits (``speed.check_speed_options``), and no context parallelism.
+    Raises a usage error naming the modes and what to install; nothing is loaded. On a remote Ray cluster
+    (``remote``) the packages are the workers' business: only the layout is checked here."""
+    from genmo_teacache.batch.jobs import speed_groups
+    from genmo_teacache.generate import resolve_device
+    from genmo_teacache.parallel import check_layout
+    from genmo_teacache.speed import SpeedOptionError, check_speed_options
+
+    groups = speed_groups(plan.jobs, plan.speed)
+    try:
+        cp_size = check_layout(k, bool(gen.get("cfg_parallel"))) if k > 1 else 1
+        device = "cpu" if is_cpu(gen) else resolve_device(str(gen.get("device") or "auto")) if not remote else None
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for speed, jobs in groups.items():
+        modes = ", ".join(dict.fromkeys(j.mode for j in jobs))
+        if cp_size > 1 and not speed.is_default:
+            raise click.UsageError(f"modes {modes}: speed options {speed.spec()} need the whole DiT on each GPU, and "
+                                   f"{k} GPUs per pipeline shard it (context parallelism): use --gpus-per-worker 1, "
+                                   "or --cfg_parallel on 2")
+        if device is None:
+            continue
+        try:
+            check_speed_options(speed, device)
+        except SpeedOptionError as e:
+            raise click.UsageError(f"modes {modes} (speed options {speed.spec()}): {e}") from None
+
+
 def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> BatchResult | None:
     """Run the plan locally or on Ray; None for a dry run (which only prints it). Before any model loads: the
-    fingerprint of the weights and options (what a resume is checked against), the output folder can be
-    written, the Ray address answers."""
+    speed options of every mode, the fingerprint of the weights and options (what a resume is checked against),
+    the output folder can be written, the Ray address answers, each mode's speed options can run here."""
     from genmo_teacache.batch.fingerprint import pipeline_fingerprint
 
     k = gpus_per_worker(gen, o)
     spec = pipeline_spec(gen, k, o["use_ray"])
+    try:
+        plan.speed = spec.speed
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     gpu = not is_cpu(gen) and (o["use_ray"] or _cuda_available())
     plan.fingerprint, plan.model_paths = pipeline_fingerprint(spec.model_dir or ".", spec.kwargs, gpu=gpu,
                                                               observe_only=plan.observe_only)
@@ -221,6 +255,7 @@ def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> Bat
         check_ray_address(gen.get("ray_address"))
     except (OutputPathError, ConnectionError) as e:
         raise click.UsageError(str(e)) from None
+    check_speeds(plan, gen, k, remote=o["use_ray"] and bool(gen.get("ray_address")))
     return run_plan(plan, spec, use_ray=o["use_ray"], cpu=is_cpu(gen), ray_address=gen.get("ray_address"),
                     num_workers=o["num_workers"], gpus_per_worker=k, max_retries=o["max_retries"])
 
@@ -238,7 +273,9 @@ def _cuda_available() -> bool:
 @click.option("--modes", default=DEFAULT_MODES, show_default=True,
               help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
-                   "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>).")
+                   "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>), each "
+                   "optionally with its own speed options after @ (baseline@fast, fixed_0.04@bf16+compile), which "
+                   "replace the run's (--speed_preset, --dit_dtype, ...) for that mode.")
 @click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
               type=click.Path(dir_okay=False, exists=True), default=None,
               help="Calibration JSON (genmo-teacache calibrate) for the modes whose method takes one (TeaCache: "

@@ -15,6 +15,7 @@ written and before the video is renamed into place.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -26,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from genmo_teacache.batch.jobs import LOGS, Job
+from genmo_teacache.batch.fingerprint import job_fingerprint, run_speed
+from genmo_teacache.batch.jobs import LOGS, Job, job_speed
 from genmo_teacache.batch.state import jsonable
+from genmo_teacache.speed import SpeedOptions
 from genmo_teacache.video import atomic_path, encode_video, file_identity, write_json
 
 logger = logging.getLogger(__name__)
@@ -52,13 +55,59 @@ class PipelineSpec:
     model_dir: str | None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def speed(self) -> SpeedOptions:
+        """The speed options of this pipeline (``--speed_preset`` and the options given on top of it)."""
+        return run_speed(self.kwargs)
+
+    def with_speed(self, options: SpeedOptions) -> PipelineSpec:
+        """The same pipeline with these speed options instead of its own."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "speed_preset"}
+        kwargs.update(dit_dtype=options.dit_dtype, sdpa_backend=options.sdpa_backend, compile_dit=options.compile,
+                      attention_kernel=options.attention_kernel, fp8_linear=options.fp8_linear)
+        return PipelineSpec(self.model_dir, kwargs)
+
     def load(self) -> Any:
         from genmo_teacache.generate import load_pipeline
 
         t0 = time.perf_counter()
         pipe = load_pipeline(self.model_dir, **self.kwargs)
-        logger.info("pipeline loaded in %.1f s (pid %d)", time.perf_counter() - t0, os.getpid())
+        logger.info("pipeline (speed options %s) loaded in %.1f s (pid %d)", self.speed.spec(),
+                    time.perf_counter() - t0, os.getpid())
         return pipe
+
+
+class PipelineHolder:
+    """One loaded pipeline at a time, for the speed options of the job at hand: :meth:`get` loads the pipeline
+    of other options only after releasing the one it holds (two full pipelines never fit in memory together)."""
+
+    def __init__(self, spec: PipelineSpec):
+        self.spec = spec
+        self.pipe: Any = None
+        self.speed: SpeedOptions | None = None
+
+    def get(self, speed: SpeedOptions) -> Any:
+        if self.pipe is None or speed != self.speed:
+            if self.speed is not None:
+                logger.info("releasing the pipeline of speed options %s for %s", self.speed.spec(), speed.spec())
+            self.release()
+            self.pipe = self.spec.with_speed(speed).load()
+            self.speed = speed
+        return self.pipe
+
+    def release(self) -> None:
+        pipe, self.pipe, self.speed = self.pipe, None, None
+        if pipe is None:
+            return
+        close = getattr(pipe, "close", None)  # the multi-GPU pipeline's rank actors
+        if callable(close):
+            close()
+        del pipe
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -71,6 +120,10 @@ class JobOptions:
     model_paths: dict[str, Any] | None = None  # where the weights were (information only)
     observe_only: bool = False  # --delta_temni_plot: no skipping, the indicator of every step recorded
     background_write: bool = True
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # the run's; a mode's @SPEED replaces them
+
+    def speed_of(self, job: Job) -> SpeedOptions:
+        return job_speed(job, self.speed)
 
 
 def delta_temni_base(root: str | Path, job: Job) -> Path:
@@ -104,8 +157,15 @@ def _count(value: Any) -> int | None:
     return None
 
 
-def log_entry(job: Job, result: Any, *, worker: str, attempt: int) -> dict[str, Any]:
-    """The job's entry of the generation log (reference keys first: mode, prompt, time_seconds)."""
+def speed_record(options: SpeedOptions) -> dict[str, Any]:
+    """A report's ``speed``: the spec of the options a video was made with, and every option expanded."""
+    return {"spec": options.spec(), **asdict(options)}
+
+
+def log_entry(job: Job, result: Any, *, worker: str, attempt: int,
+              speed: SpeedOptions | None = None) -> dict[str, Any]:
+    """The job's entry of the generation log (reference keys first: mode, prompt, time_seconds); ``speed``: the
+    speed options it ran with (their spec goes in the entry)."""
     timings = {k: float(result.timings[k]) for k in TIMING_KEYS if k in result.timings}
     report = result.report or {}
     return {
@@ -119,6 +179,7 @@ def log_entry(job: Job, result: Any, *, worker: str, attempt: int) -> dict[str, 
         "cache": {"computed_steps": _count(report.get("computed_steps")),
                   "skipped_steps": _count(report.get("skipped_steps"))},
         "peak_memory_gb": result.peak_memory_gb,
+        "speed": (speed or SpeedOptions()).spec(),
         "worker": worker,
         "attempt": attempt,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -145,7 +206,7 @@ def generate_job(pipe: Any, job: Job, opts: JobOptions, *, worker: str = "local"
     # observe-only records TeaCache's indicator on every step whatever the mode (the sampler measures it)
     result = generate(pipe, prompt=job.prompt, cache=job.cache, seed=job.seed, settings=opts.settings,
                       progress=False, observe_only=opts.observe_only)
-    entry = log_entry(job, result, worker=worker, attempt=attempt)
+    entry = log_entry(job, result, worker=worker, attempt=attempt, speed=opts.speed_of(job))
     return JobOutput(job, attempt, result.frames, result.report, entry)
 
 
@@ -166,7 +227,8 @@ def write_job(out: JobOutput, opts: JobOptions) -> dict[str, Any]:
             "log_entry": entry,
             "job": job.to_dict(),
             "settings": settings_dict(opts.settings),
-            "fingerprint": opts.fingerprint,
+            "speed": speed_record(opts.speed_of(job)),
+            "fingerprint": job_fingerprint(opts.fingerprint, job.speed),
             "model_paths": opts.model_paths,
             "video_file": file_identity(tmp),
             "generation": jsonable(out.report),

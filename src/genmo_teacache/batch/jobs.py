@@ -13,6 +13,10 @@ noise.
 Cost model (:func:`estimate_cost`, used for longest-first scheduling and for balancing ``--gpu-id`` shares; only
 ratios matter): a baseline video costs 1.0, :data:`FIXED_COST_SHARE` of it for text encoding and decoding, the rest
 for the denoising forwards, of which each cache method predicts the share it runs (``computed_fraction``).
+
+Speed options: a mode may carry its own after ``@`` (``baseline@fast``), else the run's apply
+(:func:`job_speed`). A process holds one pipeline at a time and loads another when a job needs other options, so
+jobs are taken grouped by their options (:func:`by_speed`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from genmo_teacache.batch.naming import prompt_stem
 from genmo_teacache.batch.prompts import PromptEntry
 from genmo_teacache.caches import CacheConfig, parse_mode
+from genmo_teacache.speed import SpeedOptions, split_mode
 
 MAX_SAMPLES = 5  # VBench's standard mode reads samples 0-4
 FIXED_COST_SHARE = 0.05  # text encoding + decoding, as a share of a baseline video
@@ -55,7 +60,7 @@ class Job:
     prompt_index: int  # index of the prompt in the prompt list
     prompt: str
     stem: str  # file stem of the prompt (the prompt itself unless unsafe)
-    mode: str  # as the user wrote it: the folder name
+    mode: str  # as the user wrote it (with its @SPEED, if any): the folder name
     sample: int
     seed: int
     cost: float
@@ -68,7 +73,12 @@ class Job:
 
     @property
     def cache(self) -> CacheConfig:
-        return self.config if self.config is not None else parse_mode(self.mode)
+        return self.config if self.config is not None else parse_mode(split_mode(self.mode)[0])
+
+    @property
+    def speed(self) -> SpeedOptions | None:
+        """The speed options of the mode's ``@SPEED`` suffix; None: the run's apply."""
+        return split_mode(self.mode)[1]
 
     @property
     def video_relpath(self) -> str:
@@ -89,6 +99,27 @@ class Job:
         d["config"] = self.cache.to_dict()  # the resolved config, in its JSON form
         d["id"] = self.id
         return d
+
+
+def job_speed(job: Job, run: SpeedOptions) -> SpeedOptions:
+    """The speed options ``job`` runs with: its mode's ``@SPEED``, else the run's (``run``)."""
+    speed = job.speed
+    return run if speed is None else speed
+
+
+def speed_groups(jobs: list[Job], run: SpeedOptions) -> dict[SpeedOptions, list[Job]]:
+    """The jobs by the speed options they run with: groups in the order of their first job, jobs in the given
+    order within each. Each group needs its own pipeline."""
+    groups: dict[SpeedOptions, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job_speed(job, run), []).append(job)
+    return groups
+
+
+def by_speed(jobs: list[Job], run: SpeedOptions) -> list[Job]:
+    """``jobs`` with those of one set of speed options together (:func:`speed_groups`), so that a process that
+    holds one pipeline at a time loads each set once."""
+    return [job for group in speed_groups(jobs, run).values() for job in group]
 
 
 def select_prompts(prompts: list[PromptEntry], start_idx: int = 0,

@@ -14,6 +14,7 @@ import logging
 import re
 
 from genmo_teacache.caches import CacheConfig, parse_mode
+from genmo_teacache.speed import split_mode
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def parse_modes(text: str | list[str] | tuple[str, ...],
                 calibration: str | None = None) -> list[tuple[str, CacheConfig]]:
     """``"baseline,fixed_0.04"`` -> [(mode as written, its CacheConfig), ...] in the order given.
 
-    A mode is any name :func:`genmo_teacache.caches.parse_mode` accepts (``mochi_`` prefixes included); its folder
-    keeps the name as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
+    A mode is any name :func:`genmo_teacache.caches.parse_mode` accepts (``mochi_`` prefixes included), optionally
+    with speed options after ``@`` (``fixed_0.04@fast``, ``baseline@bf16+compile``: see
+    :func:`genmo_teacache.speed.split_mode`), which replace the run's own for that mode; its folder keeps the name
+    as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
     """
     items = text.split(",") if isinstance(text, str) else list(text)
     modes: list[tuple[str, CacheConfig]] = []
@@ -62,8 +65,9 @@ def parse_modes(text: str | list[str] | tuple[str, ...],
             continue
         if not stem_is_safe(mode):
             raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
-        cache = parse_mode(mode, calibration)
-        same = [m for m, c in modes if c == cache]
+        base, speed = split_mode(mode)
+        cache = parse_mode(base, calibration)
+        same = [m for m, c in modes if c == cache and split_mode(m)[1] == speed]
         if same:
             logger.warning("modes %r and %r are the same cache config (%s): both are generated, in their own folders",
                            same[0], mode, cache.name)

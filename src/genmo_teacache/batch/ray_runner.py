@@ -3,6 +3,11 @@
 whose rank actors hold the GPUs, one each); the driver serves a shared queue longest job first as workers
 free up, writes the generation log after every finished job and shows one progress bar.
 
+Speed options (a mode's ``@SPEED``): a worker holds one pipeline at a time. It starts with the options that have
+the most queued work per worker already holding them, takes the longest queued job of its own options, and only
+when none is left switches (releasing its pipeline, loading the other) to the options with the most queued work
+per worker holding them. So a worker loads a set of options again only for a retried job.
+
 Ownership: a job's video and report are written only by the worker running it, and a job runs on one worker at
 a time; the log and ``prompt_names.json`` are written only by the driver, which also holds the batch's locks
 (``batch.locks``). On a multi-node cluster ``--output-dir`` must be on a file system every node sees.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,7 @@ from genmo_teacache.batch.execute import (
     CRASH_MARKER_ENV,
     JobOptions,
     JobWriter,
+    PipelineHolder,
     PipelineSpec,
     WriteOutcome,
     generate_job,
@@ -41,6 +48,7 @@ from genmo_teacache.batch.jobs import BatchError, Job, longest_first
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, Session, prepare, progress_bar
 from genmo_teacache.batch.state import clean_stale_tmp
 from genmo_teacache.parallel import check_ray_address
+from genmo_teacache.speed import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +56,13 @@ logger = logging.getLogger(__name__)
 class BatchWorker:
     """A Ray actor holding one loaded pipeline (wrapped with ``ray.remote`` at run time)."""
 
-    def __init__(self, name: str, spec: PipelineSpec, opts: JobOptions, log_level: int = logging.INFO):
+    def __init__(self, name: str, spec: PipelineSpec, opts: JobOptions, log_level: int = logging.INFO,
+                 speed: SpeedOptions | None = None):
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         self.name, self.opts = name, opts
         self.writer = JobWriter(opts)
-        self.pipe = spec.load()
+        self.pipes = PipelineHolder(spec)
+        self.pipes.get(speed or opts.speed)
 
     def ready(self) -> dict[str, Any]:
         import ray
@@ -62,7 +72,8 @@ class BatchWorker:
 
     def run(self, job: Job, attempt: int) -> list[WriteOutcome]:
         """Generate ``job``, hand it to the writer; the outcomes of the writes that completed meanwhile."""
-        out = generate_job(self.pipe, job, self.opts, worker=self.name, attempt=attempt)
+        self.pipes.get(self.opts.speed_of(job))  # another pipeline if the job's speed options differ
+        out = generate_job(self.pipes.pipe, job, self.opts, worker=self.name, attempt=attempt)
         return self.writer.submit(out)
 
     def flush(self) -> list[WriteOutcome]:
@@ -127,6 +138,30 @@ def _worker_count(opts: RayOptions) -> int:
     return opts.num_workers or groups
 
 
+def pick_speed(queue: list[Job], speed_of: Callable[[Job], SpeedOptions],
+               holders: list[SpeedOptions]) -> SpeedOptions | None:
+    """The speed options a worker without work of its own options should load: those with the most queued cost
+    per worker holding them (``holders``: the options of the other workers), on a tie those fewer workers hold,
+    then those of the longest queued job; None for an empty queue."""
+    cost: dict[SpeedOptions, float] = {}
+    for job in queue:  # longest first: max keeps the first of equals, the options of the longer job
+        cost[speed_of(job)] = cost.get(speed_of(job), 0.0) + job.cost
+    if not cost:
+        return None
+    return max(cost, key=lambda s: (cost[s] / (1 + holders.count(s)), -holders.count(s)))
+
+
+def next_job(queue: list[Job], speed_of: Callable[[Job], SpeedOptions], mine: SpeedOptions | None,
+             holders: list[SpeedOptions]) -> int | None:
+    """Index in ``queue`` (longest first) of the job a free worker holding ``mine`` takes: the longest of its
+    own options, else the longest of :func:`pick_speed`'s (a reload); None for an empty queue."""
+    for i, job in enumerate(queue):
+        if speed_of(job) == mine:
+            return i
+    other = pick_speed(queue, speed_of, holders)
+    return next((i for i, job in enumerate(queue) if speed_of(job) == other), None)
+
+
 def run_ray(plan: BatchPlan, spec: PipelineSpec, opts: RayOptions) -> BatchResult:
     """Run this invocation's pending jobs on Ray workers (see the module docstring)."""
     t0 = time.perf_counter()
@@ -167,6 +202,7 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
     idle: list[str] = []
     attempts: dict[int, int] = {}
     queue = longest_first(session.pending)
+    holds: dict[str, SpeedOptions] = {}  # worker -> the speed options of its pipeline (once its job starts)
     counter = 0
     start_errors: list[str] = []
 
@@ -174,13 +210,16 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
         nonlocal counter
         name = f"ray-{counter}"
         counter += 1
-        actor = remote_cls.options(**actor_opts).remote(name, spec, job_opts, log_level)
+        speed = pick_speed(queue, job_opts.speed_of, list(holds.values())) or job_opts.speed
+        actor = remote_cls.options(**actor_opts).remote(name, spec, job_opts, log_level, speed)
         workers[name] = actor
+        holds[name] = speed
         unconfirmed[name] = {}
         starting[actor.ready.remote()] = name
 
     def retire(name: str) -> None:
         actor = workers.pop(name, None)
+        holds.pop(name, None)
         if actor is not None:
             ray.kill(actor, no_restart=True)
 
@@ -223,10 +262,14 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
 
     def dispatch() -> None:
         while idle and queue:
-            job = queue.pop(0)
+            name = idle[0]
+            others = [s for n, s in holds.items() if n != name]
+            i = next_job(queue, job_opts.speed_of, holds.get(name), others)
+            job = queue.pop(i or 0)
             if attempts.get(job.index) is None and not session.claim(job, result):
                 continue
-            name = idle.pop(0)
+            idle.pop(0)
+            holds[name] = job_opts.speed_of(job)
             attempts[job.index] = attempts.get(job.index, 0) + 1
             unconfirmed[name][job.index] = job
             running[workers[name].run.remote(job, attempts[job.index])] = (name, job)

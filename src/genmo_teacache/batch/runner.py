@@ -1,5 +1,6 @@
 """The batch plan (which jobs this invocation owns and where its log goes), resume preparation, the dry-run
-table, and the local runner (one process, the model loaded once, videos written in the background)."""
+table, and the local runner (one process, the model loaded once per set of speed options, videos written in the
+background)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genmo_teacache.batch.execute import (
     JobOptions,
     JobWriter,
+    PipelineHolder,
     PipelineSpec,
     WriteOutcome,
     generate_job,
     settings_dict,
 )
-from genmo_teacache.batch.jobs import LOGS, BatchError, Job, log_name, share_of
+from genmo_teacache.batch.jobs import LOGS, BatchError, Job, by_speed, log_name, share_of, speed_groups
 from genmo_teacache.batch.locks import FileLock, JobLocks, job_set_lock
 from genmo_teacache.batch.state import GenerationLog, clean_stale_tmp, finished_entries, record_prompt_names
+from genmo_teacache.speed import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class BatchPlan:
     model_paths: dict[str, Any] | None = None
     observe_only: bool = False  # --delta_temni_plot
     background_write: bool = True
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # the run's; a mode's @SPEED replaces them
 
     def __post_init__(self) -> None:
         if self.total_gpus > 1 and not self.shares:
@@ -69,7 +73,7 @@ class BatchPlan:
 
     def job_options(self) -> JobOptions:
         return JobOptions(str(self.root), self.settings, self.fingerprint, self.model_paths, self.observe_only,
-                          self.background_write)
+                          self.background_write, self.speed)
 
     def finished(self, jobs: list[Job]) -> dict[int, dict[str, Any]]:
         return finished_entries(jobs, self.root, self.settings_dict, self.fingerprint)
@@ -201,8 +205,9 @@ def progress_bar(total: int, initial: int, desc: str) -> tqdm:
 
 
 def run_local(plan: BatchPlan, spec: PipelineSpec) -> BatchResult:
-    """Run this invocation's pending jobs in job order in this process, loading the model once; each video is
-    written in the background while the next one generates (unless ``plan.background_write`` is off)."""
+    """Run this invocation's pending jobs in this process, those of one set of speed options together (in the
+    order of their first job; job order within), loading the model once per set and holding one at a time; each
+    video is written in the background while the next one generates (unless ``plan.background_write`` is off)."""
     t0 = time.perf_counter()
     session = prepare(plan)
     result = BatchResult(len(plan.jobs), len(plan.jobs) - len(session.pending), log_path=plan.log_path)
@@ -218,9 +223,10 @@ def run_local(plan: BatchPlan, spec: PipelineSpec) -> BatchResult:
 
 def _run_local(session: Session, spec: PipelineSpec, result: BatchResult) -> None:
     plan = session.plan
-    pipe = None  # loaded for the first job this batch claims
+    pipes = PipelineHolder(spec)  # loaded for the first job this batch claims, again when the speed options change
     opts = plan.job_options()
     writer = JobWriter(opts)
+    load_failed: dict[SpeedOptions, str] = {}
     with logging_redirect_tqdm(), progress_bar(result.total, result.already_done, "batch") as bar:
         def handle(outcomes: list[WriteOutcome]) -> None:
             for o in outcomes:
@@ -228,14 +234,26 @@ def _run_local(session: Session, spec: PipelineSpec, result: BatchResult) -> Non
                     bar.update()
 
         try:
-            for job in session.pending:
+            for job in by_speed(session.pending, plan.speed):
                 if not session.claim(job, result):
                     continue
                 bar.set_postfix_str(job.id[-60:], refresh=False)
-                if pipe is None:
-                    pipe = spec.load()
+                speed = opts.speed_of(job)
+                if speed in load_failed:
+                    session.jobs.release(job)
+                    result.failed.append((job, load_failed[speed]))
+                    continue
                 try:
-                    out = generate_job(pipe, job, opts)
+                    pipes.get(speed)  # no other reference to the pipeline: a reload frees the one before
+                except Exception as e:  # e.g. out of memory: the jobs of other speed options can still run
+                    logger.exception("loading the pipeline of speed options %s failed", speed.spec())
+                    load_failed[speed] = f"loading the pipeline (speed options {speed.spec()}) failed: " \
+                                         f"{type(e).__name__}: {e}"
+                    session.jobs.release(job)
+                    result.failed.append((job, load_failed[speed]))
+                    continue
+                try:
+                    out = generate_job(pipes.pipe, job, opts)
                 except Exception as e:  # one bad job (e.g. out of memory) must not stop the others
                     logger.exception("%s failed", job.id)
                     session.jobs.release(job)
@@ -244,6 +262,7 @@ def _run_local(session: Session, spec: PipelineSpec, result: BatchResult) -> Non
                 handle(writer.submit(out))
         finally:
             handle(writer.close())
+            pipes.release()
 
 
 def format_job_table(plan: BatchPlan, done: set[int] | None = None, order: list[Job] | None = None) -> str:
@@ -267,4 +286,8 @@ def format_job_table(plan: BatchPlan, done: set[int] | None = None, order: list[
     todo = [j for j in plan.jobs if j.index not in done]
     lines.append(f"this invocation: {len(plan.jobs)} jobs, {len(plan.jobs) - len(todo)} done, {len(todo)} to do "
                  f"(cost {sum(j.cost for j in todo):.3f} baseline videos); log {plan.log_path}")
+    groups = speed_groups(todo, plan.speed)
+    if len(groups) > 1 or any(not s.is_default for s in groups):
+        lines.append(f"speed options: {len(groups)} pipeline(s), loaded one at a time, in this order: "
+                     + ", ".join(f"{s.spec()} ({len(jobs)} job(s))" for s, jobs in groups.items()))
     return "\n".join(lines)

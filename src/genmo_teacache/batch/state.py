@@ -26,10 +26,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.batch.fingerprint import differences
+from genmo_teacache.batch.fingerprint import differences, job_fingerprint
 from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
 from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
+from genmo_teacache.speed import MODE_SEPARATOR
 from genmo_teacache.video import TMP_PREFIX, VideoWriteError, file_identity, verify_video, write_json
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any],
 
     A video that is incomplete or does not match its report (truncated, emptied, replaced) is generated again.
     Raises BatchError if a finished video was made with another prompt, seed, generation settings, cache config
-    or (``fingerprint``) other weights or pipeline options, since a resumed evaluation must not mix them: use
-    another ``--output-dir`` or delete the mode's videos and reports.
+    or (``fingerprint``, the run's: a mode's ``@SPEED`` replaces its speed options) other weights or pipeline
+    options, since a resumed evaluation must not mix them: use another ``--output-dir`` or delete the mode's videos
+    and reports.
     """
     settings = jsonable(settings)
     done: dict[int, dict[str, Any]] = {}
@@ -120,7 +122,7 @@ def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any],
         if not isinstance(report, dict) or "log_entry" not in report:
             logger.warning("%s has no readable report %s: it is generated again", video, job.report_relpath)
             continue
-        problem = _mismatch(job, report, settings, fingerprint)
+        problem = _mismatch(job, report, settings, job_fingerprint(fingerprint, job.speed))
         if problem:
             conflicts.append((job, problem))
             continue
@@ -258,14 +260,16 @@ def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
     """Per mode: videos, mean/std latency, end-to-end and denoising speedup over the baseline on the videos both
     have, share of computed steps.
 
-    ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``).
+    ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``),
+    preferring one with the run's own speed options (``baseline`` over ``baseline@fast``).
     """
     by_mode: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = {}
     for run in runs:
         by_mode.setdefault(run["mode"], {})[(run["prompt"], run.get("sample", 0))] = run
     order = [m for m in (modes or sorted(by_mode)) if m in by_mode]
     if baseline is None:
-        baseline = next((m for m in order if is_baseline(m)), None)
+        uncached = [m for m in order if is_baseline(m.partition(MODE_SEPARATOR)[0])]
+        baseline = next((m for m in uncached if MODE_SEPARATOR not in m), uncached[0] if uncached else None)
     rows = []
     for mode in order:
         mruns = by_mode[mode]

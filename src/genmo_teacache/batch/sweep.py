@@ -28,6 +28,7 @@ from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_logs, summarize
 from genmo_teacache.caches import is_baseline, method_class, parse_mode
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.speed import split_mode
 from genmo_teacache.video import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,11 @@ def parse_candidates(text: str) -> list[tuple[str, str]]:
             continue
         label, sep, mode = item.partition("=")
         label, mode = (label.strip(), mode.strip()) if sep else (item, item)
-        cls = method_class(mode)
+        base, speed = split_mode(mode)  # MODE@SPEED: the candidate's own speed options (baseline@fast is one)
+        cls = method_class(base)
         if cls is None or not cls.uses_calibration:
-            parse_mode(mode)  # raises naming a bad mode (methods that take a calibration are checked with it)
-        if is_baseline(mode):
+            parse_mode(base)  # raises naming a bad mode (methods that take a calibration are checked with it)
+        if is_baseline(base) and speed is None:
             raise ValueError(f"candidate {item!r} is the baseline, which the sweep always runs")
         if label in {lbl for lbl, _ in out} or mode in {m for _, m in out}:
             raise ValueError(f"candidate {item!r} is given twice")

@@ -124,7 +124,8 @@ def _baseline(given: str | None, candidates: Sequence[str], where: str) -> str:
         found = pick_baseline(candidates, where)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--baseline") from err
-    click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'; another one: --baseline)")
+    variants = " without @speed options" if any("@" in m and "baseline" in m.lower() for m in candidates) else ""
+    click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'{variants}; another one: --baseline)")
     return found
 
 
@@ -188,7 +189,8 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
                    "run (whose videos/ holds them).")
 @click.option("--baseline", default=None,
               help="Mode folder of the uncached baseline, e.g. mochi_baseline. Default: the one folder whose name "
-                   "contains 'baseline' (an error if there is none or several).")
+                   "contains 'baseline' (without @speed options if there are such, e.g. baseline@fast; an error if "
+                   "there is none or several).")
 @click.option("--modes", multiple=True,
               help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -123,12 +123,17 @@ def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
 
 
 BASELINE_MARKER = "baseline"
+SPEED_SEPARATOR = "@"  # a batch mode's speed options: baseline@fast is the baseline run with other kernels
 
 
 def pick_baseline(modes: Sequence[str], where: str) -> str:
-    """The one mode whose name contains ``baseline``. Raises ValueError (naming the candidates and ``--baseline``)
-    when there is none or several: the baseline is never guessed beyond that."""
+    """The one mode whose name contains ``baseline``, leaving out those with speed options (``baseline@fast``:
+    a mode compared with the baseline like a cache mode) when one without is there. Raises ValueError (naming the
+    candidates and ``--baseline``) when there is none or several: the baseline is never guessed beyond that."""
     found = sorted({m for m in modes if BASELINE_MARKER in m.lower()})
+    plain = [m for m in found if SPEED_SEPARATOR not in m]
+    if len(plain) == 1:
+        return plain[0]
     if len(found) == 1:
         return found[0]
     if not found:
