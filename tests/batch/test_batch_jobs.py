@@ -140,7 +140,7 @@ def test_every_reference_mode_combination_builds():
         assert len(build_jobs(select_prompts(entries("a")), parse_modes([a, b]), 1, 0, 64)) == 2
 
 
-@pytest.mark.parametrize("mode", ["adaptive_0.12_0.04", "schedule_4x0.1_4x0.2"])
+@pytest.mark.parametrize("mode", ["adaptive_0.12_0.04", "schedule_2x0.1_2x0.2"])
 def test_a_schedule_that_does_not_fit_names_options_that_batch_has(mode):
     """Batch has no --teacache_high_steps (a generate option): its hint names --num_steps and mode names."""
     try:
