@@ -16,10 +16,12 @@ from typing import Any
 
 from genmo_teacache.caches.base import Method, Modifier, ModifierState, StepRecord
 from genmo_teacache.caches.baseline import Baseline
+from genmo_teacache.caches.easycache import EasyCache
+from genmo_teacache.caches.fbcache import FirstBlockCache
 from genmo_teacache.caches.magcache import MagCache
 from genmo_teacache.caches.teacache import TeaCache
 
-METHODS: tuple[type[Method], ...] = (Baseline, TeaCache, MagCache)
+METHODS: tuple[type[Method], ...] = (Baseline, TeaCache, MagCache, EasyCache, FirstBlockCache)
 MODIFIERS: tuple[type[Modifier], ...] = ()
 MOCHI_PREFIX = "mochi_"  # the reference experiment's folder names: mochi_fixed_0.04, mochi_baseline, ...
 
