@@ -25,7 +25,7 @@ forward of the run. ParaAttention's optional warm-up (default 0 steps) is not of
 
 Mode names: ``fbcache_0.1``. ParaAttention's defaults: Mochi 0.06 (its diffusers adapter, batched CFG at 4.5),
 HunyuanVideo 0.06, FLUX.1-dev 0.08. Published (ParaAttention README / diffusers docs, NVIDIA L20): FLUX.1-dev 28 steps
-1.55x at 0.08 (2.0x at 0.12) "with nearly zero quality loss"; HunyuanVideo 720p 129 frames 30 steps 1.62x at 0.06.
+1.55x at 0.08 (1.91x at 0.12) "with nearly zero quality loss"; HunyuanVideo 720p 129 frames 30 steps 1.62x at 0.06.
 No PSNR/LPIPS is published.
 """
 
