@@ -213,7 +213,8 @@ def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> Bat
 @click.option("--modes", default=DEFAULT_MODES, show_default=True,
               help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
-                   f"any cache mode of any method (docs/METHODS.md):\n{syntax()}")
+                   "any cache mode of any method (docs/METHODS.md): "
+                   + "; ".join(line.strip() for line in syntax().splitlines()) + ".")
 @calibration_option
 @click.option("--num-samples", "--num_samples", "num_samples", type=click.IntRange(1, MAX_SAMPLES), default=1,
               show_default=True, help="Videos per prompt and mode (VBench: 5 for the full protocol).")
