@@ -155,7 +155,8 @@ def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir,
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "0 to generate" in proc.stderr
     rows = [line.split(",") for line in (out / "sweep_results.csv").read_text().splitlines()]
-    assert rows[0][:3] == ["label", "mode", "speedup"] and rows[0][-4:] == ["psnr", "ssim", "lpips", "videos"]
+    assert rows[0][:4] == ["label", "mode", "method", "speedup"]
+    assert rows[0][-4:] == ["psnr", "ssim", "lpips", "videos"]
     assert [r[:2] for r in rows[1:]] == [["baseline", "baseline"], ["lo", MODES[1]], ["hi", MODES[2]]]
     assert all(r[-1] == "2" for r in rows[1:])
     if importlib.util.find_spec("genmo_teacache.eval.fidelity") is None:

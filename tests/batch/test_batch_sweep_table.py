@@ -54,8 +54,8 @@ def test_rows_best_and_tables():
     md = to_markdown(rows, "psnr", best_row(rows, "psnr"), None)
     assert "Best by psnr: c1 (fixed_0.1)" in md and "| **c1** (best) | fixed_0.1 |" in md
     csv_text = to_csv(rows)
-    assert csv_text.splitlines()[0] == ("label,mode,speedup,denoising_speedup,computed_fraction,latency_s,psnr,ssim,"
-                                        "lpips,videos")
+    assert csv_text.splitlines()[0] == ("label,mode,method,speedup,denoising_speedup,computed_fraction,latency_s,psnr,"
+                                        "ssim,lpips,videos")
     assert len(csv_text.splitlines()) == 4
 
     no_fid = sweep_rows(runs, candidates, {}, baseline="baseline")
@@ -63,3 +63,46 @@ def test_rows_best_and_tables():
     assert best_row(no_fid, "psnr") is None
     assert "No candidate has a value for psnr (fidelity missing)" in to_markdown(no_fid, "psnr", None,
                                                                                  "fidelity missing")
+
+
+def test_candidates_of_every_method_and_the_calibration_they_need(tmp_path):
+    cal = tmp_path / "cal.json"
+    cal.write_text('{"coefficients": [1.0, 0.0], "x_range": [0, 1], "mag_ratios": [1.0, 1.01, 0.99, 1.0]}')
+    text = "fixed_0.04,e=easycache_0.05,fbcache_0.1,mochi_mag_0.06_k3"
+    assert parse_candidates(text, cal) == [("fixed_0.04", "fixed_0.04"), ("e", "easycache_0.05"),
+                                           ("fbcache_0.1", "fbcache_0.1"), ("mochi_mag_0.06_k3", "mochi_mag_0.06_k3")]
+    with pytest.raises(ValueError, match="mode mag_0.06_k3 needs .*--calibration"):  # refused before any model loads
+        parse_candidates(text)
+    with pytest.raises(ValueError, match="easycache_0.05_wx"):
+        parse_candidates("easycache_0.05_wx", cal)
+
+
+def test_one_table_and_one_plot_across_methods(tmp_path):
+    """Each row names its method (from the registry); the Pareto plot draws every method in its own colour and
+    marker, the front over all of them."""
+    from genmo_teacache.batch.sweep import plot_rows
+    from genmo_teacache.eval.plots import method_styles
+
+    candidates = [("t", "fixed_0.1"), ("e1", "easycache_0.05"), ("e2", "easycache_0.1"), ("f", "mochi_fbcache_0.1")]
+    times = {"baseline": 4.0, "fixed_0.1": 2.0, "easycache_0.05": 2.5, "easycache_0.1": 1.6, "mochi_fbcache_0.1": 3.0}
+    runs = [run(m, p, t, 10) for m, t in times.items() for p in "ab"]
+    fidelity = {m: {"psnr": {"mean": psnr}, "ssim": {"mean": 0.9}, "lpips": {"mean": lp}}
+                for m, psnr, lp in (("fixed_0.1", 25.0, 0.2), ("easycache_0.05", 30.0, 0.1),
+                                    ("easycache_0.1", 24.0, 0.25), ("mochi_fbcache_0.1", 26.0, 0.3))}
+    rows = sweep_rows(runs, candidates, fidelity, baseline="baseline")
+    assert [(r["label"], r["method"]) for r in rows] == [("baseline", "baseline"), ("t", "teacache"),
+                                                         ("e1", "easycache"), ("e2", "easycache"), ("f", "fbcache")]
+    assert to_csv(rows).splitlines()[2].startswith("t,fixed_0.1,teacache,2.000000,")
+    assert "| e1 | easycache_0.05 | easycache | 1.6000 |" in to_markdown(rows, "psnr", None, None)
+
+    styles = method_styles([m for _, m in candidates])
+    assert styles["easycache_0.05"] == styles["easycache_0.1"] and styles["easycache_0.05"][0] == "easycache"
+    assert len({styles[m][1:] for m in ("fixed_0.1", "easycache_0.05", "mochi_fbcache_0.1")}) == 3
+    path = plot_rows(rows, tmp_path / "sweep_pareto.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert width > 2 * height  # two panels side by side: PSNR and LPIPS
+    assert plot_rows(sweep_rows(runs, candidates, {}, baseline="baseline"), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -18,6 +18,8 @@ CONTRACT = {
     "baseline": ("baseline", "baseline"),
     "teacache": ("fixed_0.3", "fixed_0.0"),
     "magcache": ("mag_0.1_r0.0", "mag_0.0"),
+    "easycache": ("easycache_0.2_w2", "easycache_0.0"),
+    "fbcache": ("fbcache_0.5", "fbcache_0.0"),
 }
 STEPS = 8
 

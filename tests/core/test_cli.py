@@ -158,3 +158,25 @@ def test_no_model_dir_runs_the_tiny_demo_model(tmp_path, monkeypatch):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "making the tiny demo model" in first.stderr and "making the tiny demo model" not in second.stderr
     assert (model / "dit.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+@pytest.mark.slow
+def test_zero_threshold_modes_of_new_methods_match_no_teacache_bit_for_bit(tiny_model_dir, tmp_path):
+    """Through the demo CLI, the same seed: easycache_0 and fbcache_0 run their cached phases (EasyCache's input
+    change and rate, block 0 on its own then blocks 1..N) yet compute every step, so their latents are upstream's."""
+    import torch
+
+    latents = {}
+    for name, extra in (("baseline", ["--no_teacache"]), ("easycache", ["--cache_mode", "easycache_0"]),
+                        ("fbcache", ["--cache_mode", "fbcache_0"])):
+        cmd = [sys.executable, str(REPO / "demos" / "cli_teacache.py"), "--model_dir", str(tiny_model_dir),
+               "--width", "64", "--height", "64", "--num_frames", "7", "--num_steps", "6", "--prompt", "a cat",
+               "--seed", "3", "--save_file", str(tmp_path / f"{name}.mp4"), "--save_latents",
+               str(tmp_path / f"{name}.pt"), *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        latents[name] = torch.load(tmp_path / f"{name}.pt")
+        sidecar = json.loads((tmp_path / f"{name}.json").read_text())
+        assert sidecar["computed_steps"] == 6 and sidecar["cache"]["method"] == name
+    assert torch.equal(latents["easycache"], latents["baseline"])
+    assert torch.equal(latents["fbcache"], latents["baseline"])

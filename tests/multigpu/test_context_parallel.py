@@ -1,5 +1,9 @@
 """Two context-parallel CPU ranks through real Ray, gloo and FSDP, on the tiny model."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import ray
 import torch
@@ -109,3 +113,41 @@ def test_cfg_parallel_layouts_that_do_not_fit_are_refused():
     for n in (1, 3):
         with pytest.raises(ValueError, match=f"--num_gpus {n} must be even"):
             check_layout(n, True)
+
+
+# -- every registered method on two ranks (kept last: its pipeline lives until the module ends) ---------------------
+
+def _contract_modes() -> dict[str, tuple[str, str]]:
+    """The contract suite's modes (tests/caches/test_contract.py: CONTRACT), one entry per registered method."""
+    path = Path(__file__).parents[1] / "caches" / "test_contract.py"
+    spec = importlib.util.spec_from_file_location("_contract", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CONTRACT
+
+
+CONTRACT = _contract_modes()
+
+
+@pytest.fixture(scope="module")
+def shared_ranks(tiny_model_dir, tmp_path_factory):
+    """One two-rank pipeline for every method, and a calibration file for the methods that take one."""
+    cal = tmp_path_factory.mktemp("cal") / "cal.json"
+    ratios = [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, SETTINGS.num_steps)]
+    cal.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0.0, 1.0], "mag_ratios": ratios}))
+    pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
+    yield pipe, cal
+    pipe.close()
+
+
+@pytest.mark.parametrize("key", sorted(k for k in CONTRACT if k != "baseline"))
+def test_every_method_decides_alike_on_both_ranks(key, shared_ranks):
+    """Each rank holds half the tokens: a method whose indicator were measured on a rank's own shard would decide
+    differently on the two ranks (and hang or diverge). Both ranks must see the same indicator and decisions."""
+    pipe, cal = shared_ranks
+    got = generate(pipe, parse_mode(CONTRACT[key][0], cal))
+    ranks = pipe.rank_results
+    assert ranks[0]["decisions"] == ranks[1]["decisions"] == [r.computed for r in got.report.steps]
+    assert not all(ranks[0]["decisions"]), "the contract's mode should skip here too"
+    assert ranks[0]["raws"] == ranks[1]["raws"]
+    assert got.report.to_dict()["cache"]["method"] == key

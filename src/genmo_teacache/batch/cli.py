@@ -19,6 +19,7 @@ from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, 
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
 from genmo_teacache.batch.state import format_summary, read_logs, summarize
 from genmo_teacache.batch.sweep import sweep_options
+from genmo_teacache.caches import syntax
 from genmo_teacache.options import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
 from genmo_teacache.parallel import check_ray_address
 from genmo_teacache.video import OutputPathError, check_output_dir
@@ -26,6 +27,13 @@ from genmo_teacache.video import OutputPathError, check_output_dir
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODES = "baseline,fixed_0.04,fixed_0.12,adaptive_0.12_0.04"
+
+calibration_option = click.option(
+    "--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
+    type=click.Path(dir_okay=False, exists=True), default=None,
+    help="Calibration JSON (genmo-teacache calibrate) for the modes whose method takes one (TeaCache: rescale "
+         "polynomial, default TeaCache's Mochi fit; MagCache: magnitude ratios; others ignore it). The folder name "
+         "does not record it: use a new --output-dir per calibration.")
 
 
 def _generation_option_names() -> frozenset[str]:
@@ -273,14 +281,11 @@ def _cuda_available() -> bool:
 @click.option("--modes", default=DEFAULT_MODES, show_default=True,
               help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
-                   "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>), each "
-                   "optionally with its own speed options after @ (baseline@fast, fixed_0.04@bf16+compile), which "
-                   "replace the run's (--speed_preset, --dit_dtype, ...) for that mode.")
-@click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
-              type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Calibration JSON (genmo-teacache calibrate) for the modes whose method takes one (TeaCache: "
-                   "rescale polynomial, default TeaCache's Mochi fit; MagCache: magnitude ratios). The folder name "
-                   "does not record it: use a new --output-dir per calibration.")
+                   "any cache mode of any method (docs/METHODS.md): "
+                   + "; ".join(line.strip() for line in syntax().splitlines())
+                   + ". Each optionally with its own speed options after @ (baseline@fast, fixed_0.04@bf16+compile), "
+                   "which replace the run's (--speed_preset, --dit_dtype, ...) for that mode.")
+@calibration_option
 @click.option("--num-samples", "--num_samples", "num_samples", type=click.IntRange(1, MAX_SAMPLES), default=1,
               show_default=True, help="Videos per prompt and mode (VBench: 5 for the full protocol).")
 @click.option("--start-idx", "--start_idx", "start_idx", type=click.IntRange(min=0), default=0, show_default=True,
@@ -332,10 +337,11 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
 @prompt_options("outputs/threshold_sweep")
 @click.option("--num-prompts", "--num_prompts", "num_prompts", type=click.IntRange(min=1), default=2,
               show_default=True, help="Prompts of the sweep: the first N of the prompt file.")
-@click.option("--configs", default=None,
-              help="Candidates, comma-separated, each MODE or LABEL=MODE (e.g. c1=adaptive_0.08_0.04,"
-                   "fixed_0.06). Default: the reference c1-c4 adaptive (high, low) pairs (0.08, 0.04), (0.20, 0.10), "
-                   "(0.12, 0.04), (0.16, 0.10).")
+@click.option("--configs", "--candidates", "configs", default=None,
+              help="Candidates, comma-separated, each MODE or LABEL=MODE, of any methods (e.g. c1=adaptive_0.08_0.04,"
+                   "fixed_0.12,easycache_0.05,fbcache_0.1,mag_0.06 with --calibration). Default: the reference c1-c4 "
+                   "adaptive (high, low) pairs (0.08, 0.04), (0.20, 0.10), (0.12, 0.04), (0.16, 0.10).")
+@calibration_option
 @click.option("--high-steps", "--high_steps", "high_steps", type=click.IntRange(min=1), default=None,
               help="Steps of the high phase of the default candidates (default: 34 of 64 as in the reference, "
                    "scaled to --num_steps).")
@@ -355,14 +361,15 @@ def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     seed = check_sweep_options(o)
     settings = settings_from_options(**gen)
     try:
-        candidates = (parse_candidates(o["configs"]) if o["configs"]
+        candidates = (parse_candidates(o["configs"], o["calibration"]) if o["configs"]
                       else default_candidates(settings.num_steps, o["high_steps"]))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--configs") from None
     modes = [o["baseline"]] + [mode for _, mode in candidates]
     plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1, generation_seed=seed,
                         start_idx=o["start_idx"], end_idx=o["end_idx"], gpu_id=o["gpu_id"],
-                        total_gpus=o["total_gpus"], num_prompts=None if o["end_idx"] else o["num_prompts"])
+                        total_gpus=o["total_gpus"], num_prompts=None if o["end_idx"] else o["num_prompts"],
+                        calibration=o["calibration"])
     result = execute_plan(plan, gen, o)
     if result is None:
         return

@@ -1,12 +1,15 @@
-"""The threshold mini-experiment: a few prompts x (baseline + candidate cache configs), generated through the batch
-machinery (so it is resumable, can be split over GPUs by hand and can run on Ray), then fidelity of every candidate
-against the baseline (when ``genmo_teacache.eval.fidelity`` is installed) and a table naming the best candidate by a
-chosen metric.
+"""The threshold mini-experiment: a few prompts x (baseline + candidate cache configs of any methods), generated
+through the batch machinery (so it is resumable, can be split over GPUs by hand and can run on Ray), then fidelity of
+every candidate against the baseline (when ``genmo_teacache.eval.fidelity`` is installed), one table (with each
+candidate's method) naming the best candidate by a chosen metric, and one Pareto plot of speedup against PSNR and
+LPIPS with every method in its own colour and marker. Nothing here knows a method by name: the method of a mode
+comes from the registry (:func:`genmo_teacache.caches.method_key`).
 
 Outputs under ``<output-dir>``: the batch layout (videos/<mode>/, reports/, logs/; the baseline's folder is
 ``mochi_baseline`` and the default candidates' ``mochi_adaptive_<high>_<low>[_h<n>]``, as in the reference
 experiment, so that its fidelity and compare commands take ``--video-dir <output-dir>`` as they are), ``fidelity/``
-(the fidelity module's files), ``sweep_results.csv`` / ``sweep_results.md``, and the chosen candidate in
+(the fidelity module's files), ``sweep_results.csv`` / ``sweep_results.md``, ``sweep_pareto.png``, and the chosen
+candidate in
 ``best_config.json`` and ``best_modes.txt`` (the ``--modes`` value of the full batch run: baseline and best).
 """
 
@@ -26,7 +29,7 @@ import click
 
 from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_logs, summarize
-from genmo_teacache.caches import is_baseline, method_class, parse_mode
+from genmo_teacache.caches import is_baseline, method_key, parse_mode
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
 from genmo_teacache.speed import split_mode
 from genmo_teacache.video import atomic_path
@@ -45,10 +48,11 @@ BASELINE = "mochi_baseline"  # the reference experiment's folder name
 PREFIX = "mochi_"  # the default candidates' folders are named like the reference experiment's
 BEST_CONFIG = "best_config.json"
 BEST_MODES = "best_modes.txt"
+PARETO_PLOT = "sweep_pareto.png"
 FIDELITY_MODULE = "genmo_teacache.eval.fidelity"
 METRICS = {"psnr": max, "ssim": max, "lpips": min, "speedup": max}
-COLUMNS = ("label", "mode", "speedup", "denoising_speedup", "computed_fraction", "latency_s", "psnr", "ssim", "lpips",
-           "videos")
+COLUMNS = ("label", "mode", "method", "speedup", "denoising_speedup", "computed_fraction", "latency_s", "psnr", "ssim",
+           "lpips", "videos")
 
 
 def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tuple[str, str]]:
@@ -60,9 +64,10 @@ def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tu
             for label, high, low in REFERENCE_CANDIDATES]
 
 
-def parse_candidates(text: str) -> list[tuple[str, str]]:
+def parse_candidates(text: str, calibration: str | Path | None = None) -> list[tuple[str, str]]:
     """``"c1=adaptive_0.08_0.04,fixed_0.06"`` -> [("c1", "adaptive_0.08_0.04"), ("fixed_0.06", "fixed_0.06")].
-    Raises ValueError naming a bad mode or a repeated label."""
+    Modes of any method; ``calibration`` is the file for those that take one. Raises ValueError naming a bad mode
+    (or one that needs a calibration file) or a repeated label."""
     out: list[tuple[str, str]] = []
     for item in (s.strip() for s in text.split(",")):
         if not item:
@@ -70,9 +75,7 @@ def parse_candidates(text: str) -> list[tuple[str, str]]:
         label, sep, mode = item.partition("=")
         label, mode = (label.strip(), mode.strip()) if sep else (item, item)
         base, speed = split_mode(mode)  # MODE@SPEED: the candidate's own speed options (baseline@fast is one)
-        cls = method_class(base)
-        if cls is None or not cls.uses_calibration:
-            parse_mode(base)  # raises naming a bad mode (methods that take a calibration are checked with it)
+        parse_mode(base, calibration)  # raises naming a bad mode
         if is_baseline(base) and speed is None:
             raise ValueError(f"candidate {item!r} is the baseline, which the sweep always runs")
         if label in {lbl for lbl, _ in out} or mode in {m for _, m in out}:
@@ -119,7 +122,7 @@ def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
     for label, mode in [("baseline", baseline)] + candidates:
         t = timing.get(mode, {})
         rows.append({
-            "label": label, "mode": mode,
+            "label": label, "mode": mode, "method": method_key(mode) or "",
             "speedup": t.get("speedup", math.nan), "denoising_speedup": t.get("denoising_speedup", math.nan),
             "computed_fraction": t.get("computed_fraction", math.nan),
             "latency_s": t.get("latency_s", math.nan), "videos": t.get("videos", 0),
@@ -234,6 +237,27 @@ def check_sweep_options(o: dict[str, Any]) -> int:
     return seed
 
 
+def plot_rows(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
+    """The sweep's Pareto plot: every candidate's end-to-end speedup against its PSNR and LPIPS, each method in its
+    own colour and marker (:func:`genmo_teacache.eval.plots.plot_pareto`, drawn from the table's rows). None when
+    nothing can be drawn (no fidelity, or matplotlib missing)."""
+    try:
+        from genmo_teacache.eval import plots, scoring
+        from genmo_teacache.eval.tables import Comparison, ModeResults
+    except ImportError as e:  # the evaluation extras are not installed
+        logger.warning("no sweep plot: %s", e)
+        return None
+    results = {}
+    for r in rows:
+        fidelity = {m: {"mean": r[m]} for m in ("psnr", "ssim", "lpips") if not math.isnan(r[m])}
+        speedup = {"end_to_end": r["speedup"]} if not math.isnan(r["speedup"]) else {}
+        results[r["mode"]] = ModeResults(mode=r["mode"], raw={}, aggregate=scoring.aggregate({}),
+                                         fidelity=fidelity or None, speedup=speedup)
+    comp = Comparison(baseline=rows[0]["mode"], modes=[r["mode"] for r in rows], results=results)
+    labels = {r["mode"]: r["label"] for r in rows}
+    return plots.plot_pareto(comp, out_png, labels, title="Sweep: speedup against fidelity, every method")
+
+
 def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
               device: str | None = None, baseline: str = BASELINE) -> dict[str, Any] | None:
     """After generation: fidelity, the table (CSV + Markdown, printed) and the best candidate's files; returns the
@@ -255,10 +279,11 @@ def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
         with atomic_path(root / name) as tmp:
             tmp.write_text(text)
     best_file = write_best(root, rows, metric, plan.settings)
-    tail = ""
+    plot = plot_rows(rows, root / PARETO_PLOT)
+    tail = f"\nPareto plot: {plot}" if plot is not None else ""
     if best_file is not None:
         modes = (root / BEST_MODES).read_text().strip()
-        tail = (f"\nBest configuration: {best_file}; full run with it: genmo-teacache batch --modes {modes} "
+        tail += (f"\nBest configuration: {best_file}; full run with it: genmo-teacache batch --modes {modes} "
                 f"(or --modes \"$(cat {root / BEST_MODES})\")")
     click.echo("\n" + markdown + f"Tables: {root / 'sweep_results.csv'}, {root / 'sweep_results.md'}" + tail)
     return best

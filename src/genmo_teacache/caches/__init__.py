@@ -16,15 +16,17 @@ from typing import Any
 
 from genmo_teacache.caches.base import Method, Modifier, ModifierState, StepRecord
 from genmo_teacache.caches.baseline import Baseline
+from genmo_teacache.caches.easycache import EasyCache
+from genmo_teacache.caches.fbcache import FirstBlockCache
 from genmo_teacache.caches.magcache import MagCache
 from genmo_teacache.caches.teacache import TeaCache
 
-METHODS: tuple[type[Method], ...] = (Baseline, TeaCache, MagCache)
+METHODS: tuple[type[Method], ...] = (Baseline, TeaCache, MagCache, EasyCache, FirstBlockCache)
 MODIFIERS: tuple[type[Modifier], ...] = ()
 MOCHI_PREFIX = "mochi_"  # the reference experiment's folder names: mochi_fixed_0.04, mochi_baseline, ...
 
 __all__ = ["METHODS", "MODIFIERS", "CacheConfig", "Method", "Modifier", "ModifierState", "StepRecord",
-           "is_baseline", "method_class", "method_for", "parse_mode"]
+           "is_baseline", "method_class", "method_for", "method_key", "parse_mode"]
 
 
 def _find(kinds: tuple[type, ...], text: str) -> type | None:
@@ -35,6 +37,18 @@ def method_class(mode: str) -> type[Method] | None:
     """The method a mode name belongs to, from its prefix alone (nothing parsed or loaded), or None."""
     text = mode.strip()
     return _find(METHODS, text[len(MOCHI_PREFIX):] if text.startswith(MOCHI_PREFIX) else text)
+
+
+def method_key(mode: str) -> str | None:
+    """What a mode name runs, from its prefixes alone (nothing parsed or loaded), for tables and plots: the method's
+    key and its modifiers' (``"fixed_0.06"`` -> ``"teacache"``, ``"mochi_fbcache_0.1+cfg"`` -> ``"fbcache+cfgcache"``);
+    None for a name no registered method takes."""
+    text = mode.strip()
+    head, *tails = (text[len(MOCHI_PREFIX):] if text.startswith(MOCHI_PREFIX) else text).split("+")
+    cls = _find(METHODS, head)
+    if cls is None:
+        return None
+    return "+".join([cls.key] + [getattr(_find(MODIFIERS, t), "key", t) for t in tails])
 
 
 def is_baseline(mode: str) -> bool:

@@ -1,8 +1,9 @@
 """PNG plots of a comparison (matplotlib's Agg canvas; pyplot and its global backend are never touched).
 
 - ``speedup_vs_psnr.png`` / ``speedup_vs_lpips.png``: each mode's speedup against its fidelity to the baseline, the
-  Pareto front (modes no other mode beats on both speed and fidelity) joined and labelled. One panel per kind of
-  speedup the logs allow: end-to-end, and denoising only.
+  Pareto front (modes no other mode beats on both speed and fidelity) joined and labelled, each cache method in its
+  own colour and marker (from the mode names through the method registry). One panel per kind of speedup the logs
+  allow: end-to-end, and denoising only. ``plot_pareto`` draws both metrics on one figure (the sweep's).
 - ``vbench_dimensions.png``: raw VBench score per dimension, one bar per mode, plus quality / semantic / total.
 - ``plot_delta_temni``: the rescaled TeaCache indicator per denoising step of several videos on one figure (input:
   ``<video>_delta_TEMNI.txt`` files with one value per line, as the generate command writes them).
@@ -29,6 +30,7 @@ SPEEDUP_KINDS = (("end_to_end", "end-to-end speedup"), ("denoising", "denoising 
 FIDELITY_PLOTS = (("psnr", "PSNR vs baseline (dB), higher is better", True),
                   ("lpips", "LPIPS vs baseline, lower is better", False))
 TEMNI_SUFFIX = "_delta_TEMNI.txt"
+MARKERS = "osD^vP*Xph"  # one per cache method (with the colours C0-C9)
 
 
 def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
@@ -54,44 +56,95 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float], higher_y_better: bool
     return sorted(front, key=lambda i: xs[i])
 
 
+def method_styles(modes: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """``{mode: (group, colour, marker)}``: one colour and marker per cache method (and modifier combination) the
+    mode names run, in the registry's order, so that every plot draws a method alike; "other" for unknown names."""
+    from genmo_teacache.caches import METHODS, method_key
+
+    order = {m.key: i for i, m in enumerate(METHODS)}
+    groups = {mode: method_key(mode) or "other" for mode in modes}
+    ranked = sorted(set(groups.values()), key=lambda g: (order.get(g.split("+")[0], len(order)), g))
+    style = {g: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, g in enumerate(ranked)}
+    return {mode: (g, *style[g]) for mode, g in groups.items()}
+
+
+def _fidelity_panel(ax, modes: Sequence[str], xs: Sequence[float], ys: Sequence[float], metric: str,
+                    xlabel: str, baseline_label: str, labels: Mapping[str, str]) -> None:
+    """Speedup (x) against one fidelity metric (y): every mode in its method's colour and marker (filled on the
+    Pareto front, hollow when dominated), the front joined, each point labelled."""
+    ylabel, higher_better = {m: (lbl, hb) for m, lbl, hb in FIDELITY_PLOTS}[metric]
+    front = pareto_front(xs, ys, higher_better)
+    styles = method_styles(modes)
+    ax.axvline(1.0, color="0.6", linestyle="--", linewidth=1)
+    ax.text(1.0, 0.02, f"{baseline_label} (1.00x) ", transform=ax.get_xaxis_transform(), rotation=90, va="bottom",
+            ha="right", fontsize=8, color="0.4")
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="0.25", linewidth=1.2, label="Pareto front",
+            zorder=3)
+    for group in dict.fromkeys(styles[m][0] for m in modes):
+        idx = [i for i, m in enumerate(modes) if styles[m][0] == group]
+        colour, marker = styles[modes[idx[0]]][1:]
+        ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=50, marker=marker, edgecolors=colour,
+                   facecolors=[colour if i in front else "none" for i in idx], linewidths=1.4, label=group, zorder=4)
+    for x, y, m in zip(xs, ys, modes, strict=True):
+        ax.annotate(labels.get(m, m), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.margins(y=0.12)
+    if xs:
+        lo, hi = min(list(xs) + [1.0]), max(list(xs) + [1.0])
+        ax.set_xlim(lo - 0.08 * (hi - lo + 0.5), hi + 0.25 * (hi - lo + 0.5))
+    ax.legend(loc="best", fontsize=8, title="filled: on the front", title_fontsize=7)
+
+
+def _fidelity_points(comp: Comparison, kind: str, metric: str) -> tuple[list[str], list[float], list[float]]:
+    modes = [m for m in comp.modes if m != comp.baseline and kind in comp.results[m].speedup
+             and comp.results[m].fidelity and comp.results[m].fidelity.get(metric, {}).get("mean") is not None]
+    return (modes, [comp.results[m].speedup[kind] for m in modes],
+            [comp.results[m].fidelity[metric]["mean"] for m in modes])
+
+
 def plot_speedup_vs_fidelity(comp: Comparison, metric: str, out_png: str | os.PathLike,
                              labels: Mapping[str, str] | None = None) -> Path | None:
-    """Speedup against ``metric`` ("psnr" or "lpips"); None (and nothing written) without modes having both."""
+    """Speedup against ``metric`` ("psnr" or "lpips"), one panel per kind of speedup; None (and nothing written)
+    without modes having both."""
     labels = labels or {}
-    ylabel, higher_better = {m: (lbl, hb) for m, lbl, hb in FIDELITY_PLOTS}[metric]
     kinds = [(k, name) for k, name in SPEEDUP_KINDS
              if any(k in comp.results[m].speedup and comp.results[m].fidelity for m in comp.modes)]
     if not kinds:
         logger.info("no mode has both a speedup and a fidelity result: %s not drawn", Path(out_png).name)
         return None
+    base = labels.get(comp.baseline, comp.baseline)
     fig = Figure(figsize=(6.0 * len(kinds), 4.6))
     for col, (kind, kind_name) in enumerate(kinds):
         ax = fig.add_subplot(1, len(kinds), col + 1)
-        modes = [m for m in comp.modes if m != comp.baseline and kind in comp.results[m].speedup
-                 and comp.results[m].fidelity and comp.results[m].fidelity.get(metric, {}).get("mean") is not None]
-        xs = [comp.results[m].speedup[kind] for m in modes]
-        ys = [comp.results[m].fidelity[metric]["mean"] for m in modes]
-        front = pareto_front(xs, ys, higher_better)
-        ax.axvline(1.0, color="0.6", linestyle="--", linewidth=1)
-        ax.text(1.0, 0.02, f"{labels.get(comp.baseline, comp.baseline)} (1.00x) ", transform=ax.get_xaxis_transform(),
-                rotation=90, va="bottom", ha="right", fontsize=8, color="0.4")
-        others = [i for i in range(len(modes)) if i not in front]
-        if others:
-            ax.scatter([xs[i] for i in others], [ys[i] for i in others], s=45, facecolors="none",
-                       edgecolors="tab:gray", label="dominated", zorder=3)
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:red", markersize=7,
-                label="Pareto front", zorder=4)
-        for x, y, m in zip(xs, ys, modes, strict=True):
-            ax.annotate(labels.get(m, m), (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
-        ax.set_xlabel(f"{kind_name} vs {labels.get(comp.baseline, comp.baseline)} (x)")
-        ax.set_ylabel(ylabel)
+        _fidelity_panel(ax, *_fidelity_points(comp, kind, metric), metric, f"{kind_name} vs {base} (x)", base,
+                        labels)
         ax.set_title(f"{metric.upper()} against {kind_name}")
-        ax.grid(True, alpha=0.3)
-        ax.margins(y=0.12)
-        if xs:
-            lo, hi = min(xs + [1.0]), max(xs + [1.0])
-            ax.set_xlim(lo - 0.08 * (hi - lo + 0.5), hi + 0.25 * (hi - lo + 0.5))
-        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_pareto(comp: Comparison, out_png: str | os.PathLike, labels: Mapping[str, str] | None = None,
+                kind: str = "end_to_end", title: str | None = None) -> Path | None:
+    """One figure for a sweep across methods: ``kind`` speedup against PSNR (left) and LPIPS (right), every mode in
+    its method's colour and marker, the Pareto front of each panel joined. None (and nothing written) when no mode
+    has both a speedup and a PSNR or LPIPS."""
+    labels = labels or {}
+    panels = [(metric, *_fidelity_points(comp, kind, metric)) for metric, _, _ in FIDELITY_PLOTS]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        logger.info("no mode has both a %s speedup and a fidelity result: %s not drawn", kind, Path(out_png).name)
+        return None
+    base = labels.get(comp.baseline, comp.baseline)
+    kind_name = dict(SPEEDUP_KINDS).get(kind, kind)
+    fig = Figure(figsize=(6.0 * len(panels), 4.8))
+    for col, (metric, modes, xs, ys) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), col + 1)
+        _fidelity_panel(ax, modes, xs, ys, metric, f"{kind_name} vs {base} (x)", base, labels)
+        ax.set_title(f"{metric.upper()} against {kind_name}")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, out_png)
 
