@@ -207,7 +207,8 @@ def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> Bat
 @click.option("--modes", default=DEFAULT_MODES, show_default=True,
               help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
-                   "any cache config string (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>).")
+                   "any cache mode (fixed_<t>, adaptive_<hi>_<lo>[_h<n>], schedule_..., -max<n>, mag_<t>, ...) with "
+                   "modifiers if wanted (fixed_0.06+cfg, fixed_0.06+taylor1: see --help of generate).")
 @click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
               type=click.Path(dir_okay=False, exists=True), default=None,
               help="Calibration JSON (genmo-teacache calibrate) for the modes whose method takes one (TeaCache: "
@@ -261,8 +262,8 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
               show_default=True, help="Prompts of the sweep: the first N of the prompt file.")
 @click.option("--configs", default=None,
               help="Candidates, comma-separated, each MODE or LABEL=MODE (e.g. c1=adaptive_0.08_0.04,"
-                   "fixed_0.06). Default: the reference c1-c4 adaptive (high, low) pairs (0.08, 0.04), (0.20, 0.10), "
-                   "(0.12, 0.04), (0.16, 0.10).")
+                   "fixed_0.06,cfg=fixed_0.06+cfg,fc=fixed_0.06+taylor1). Default: the reference c1-c4 adaptive "
+                   "(high, low) pairs (0.08, 0.04), (0.20, 0.10), (0.12, 0.04), (0.16, 0.10).")
 @click.option("--high-steps", "--high_steps", "high_steps", type=click.IntRange(min=1), default=None,
               help="Steps of the high phase of the default candidates (default: 34 of 64 as in the reference, "
                    "scaled to --num_steps).")
