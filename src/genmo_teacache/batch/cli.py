@@ -161,10 +161,13 @@ def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str
     prompts = load_prompt_list(prompts_file)
     try:
         modes = parse_modes(modes_text, calibration)
-        for _, cache in modes:
-            cache.check(settings.num_steps, batch_cfg=getattr(settings, "batch_cfg", False))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--modes") from None
+    for mode, cache in modes:
+        try:
+            cache.check(settings.num_steps, batch_cfg=getattr(settings, "batch_cfg", False))
+        except ValueError as e:
+            raise click.BadParameter(f"mode {mode!r}: {e}", param_hint="--modes") from None
     try:
         if num_prompts is not None:
             end_idx = start_idx + num_prompts
