@@ -10,6 +10,7 @@ import json
 
 import torch
 
+from genmo_teacache.caches import parse_mode
 from genmo_teacache.caches.base import AFTER_FIRST_BLOCK, BLOCKS, MODEL
 from genmo_teacache.coefficients import Rescale
 from genmo_teacache.generate import GenerationSettings
@@ -46,6 +47,17 @@ def sample(pipe, cond, cache, seed=0, steps=STEPS, **kw):
     args = GenerationSettings(width=64, height=64, num_frames=7, num_steps=steps).sampler_args(seed)
     with torch.inference_mode():
         return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **args, **kw)
+
+
+_PLAIN: dict = {}
+
+
+def plain(pipe, mode, calibration):
+    """The unbatched run of ``mode`` without modifiers (default prompt and seed), computed once per pipeline."""
+    key = (pipe, mode)
+    if key not in _PLAIN:
+        _PLAIN[key] = sample(pipe, conditioning(pipe, False), parse_mode(mode, calibration))
+    return _PLAIN[key]
 
 
 class Recorder:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, sample, write_calibration
+from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, plain, sample, write_calibration
 from click.testing import CliRunner
 
 from genmo_teacache.caches import CacheConfig, parse_mode
@@ -237,9 +237,9 @@ def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pi
         delta = (low, high)
         assert torch.equal(filled[r.step], published_uncond(cond, low, high)), r.step
     assert weighted == {"high", "low"}
-    plain = sample(pipe, conditioning(pipe, False), parse_mode(METHOD_MODES[key][0], cal))
-    assert [r.computed for r in plain.report.steps] == [r.computed for r in steps]
-    assert not torch.equal(plain.latents, result.latents)
+    base = plain(pipe, METHOD_MODES[key][0], cal)
+    assert [r.computed for r in base.report.steps] == [r.computed for r in steps]
+    assert not torch.equal(base.latents, result.latents)
 
 
 @pytest.mark.parametrize("key", list(METHOD_MODES))
@@ -247,11 +247,11 @@ def test_a_schedule_that_never_drops_uncond_is_bit_identical_to_the_plain_method
     pipe = pipes["sdpa"]
     cond = conditioning(pipe, False)
     mode = METHOD_MODES[key][0]
-    plain = sample(pipe, cond, parse_mode(mode, cal))
+    base = plain(pipe, mode, cal)
     for suffix in ("cfg_i1", "cfg"):  # every step runs both; the default starts at step 22 of 64
         other = sample(pipe, cond, parse_mode(f"{mode}+{suffix}", cal))
-        assert other.report.dit_calls == plain.report.dit_calls and other.report.cond_only_steps == 0
-        assert torch.equal(other.latents, plain.latents), suffix
+        assert other.report.dit_calls == base.report.dit_calls and other.report.cond_only_steps == 0
+        assert torch.equal(other.latents, base.latents), suffix
     assert "cond-only" in other.report.warnings[-1]
 
 

@@ -14,6 +14,7 @@ from _modifier_helpers import (
     conditioning,
     entry_and_quantity,
     entry_of_skip,
+    plain,
     sample,
     write_calibration,
 )
@@ -177,8 +178,8 @@ def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, cal):
         result = sample(pipe, conditioning(pipe, False), cache, policy=policy)
     assert [r.step for r in result.report.steps if not r.computed] == [3, 5]
     assert check_forecasts(result, rec, cache.method, cache.modifiers[0].order, state) == 4
-    plain = sample(pipe, conditioning(pipe, False), CacheConfig(cache.method), policy=policy)
-    assert not torch.equal(result.latents, plain.latents)
+    without = sample(pipe, conditioning(pipe, False), CacheConfig(cache.method), policy=policy)
+    assert not torch.equal(result.latents, without.latents)
     assert result.report.to_dict()["cache"]["modifiers"][0]["name"] == variant
 
 
@@ -192,9 +193,9 @@ def test_with_the_methods_own_decisions(key, pipes, cal):
     with Recorder(pipe.dit, sigmas) as rec:
         result = sample(pipe, conditioning(pipe, False), cache)
     assert check_forecasts(result, rec, cache.method, 1, state) > 0, "no skip after two computed steps"
-    plain = sample(pipe, conditioning(pipe, False), parse_mode(METHOD_MODES[key][0], cal))
-    assert [r.computed for r in plain.report.steps] == [r.computed for r in result.report.steps]
-    assert not torch.equal(result.latents, plain.latents)
+    base = plain(pipe, METHOD_MODES[key][0], cal)
+    assert [r.computed for r in base.report.steps] == [r.computed for r in result.report.steps]
+    assert not torch.equal(result.latents, base.latents)
 
 
 @pytest.mark.parametrize("key", list(METHOD_MODES))
@@ -202,13 +203,13 @@ def test_order_0_or_no_skip_is_bit_identical_to_the_plain_method(key, pipes, cal
     pipe = pipes["sdpa"]
     cond = conditioning(pipe, False)
     skipping, zero = METHOD_MODES[key]
-    plain = sample(pipe, cond, parse_mode(skipping, cal))
+    base = plain(pipe, skipping, cal)
     order0 = sample(pipe, cond, parse_mode(f"{skipping}+taylor0", cal))
-    assert plain.report.skipped_steps > 0
-    assert torch.equal(order0.latents, plain.latents)
+    assert base.report.skipped_steps > 0
+    assert torch.equal(order0.latents, base.latents)
     never = sample(pipe, cond, parse_mode(f"{zero}+taylor2", cal))
     assert never.report.skipped_steps == 0
-    assert torch.equal(never.latents, sample(pipe, cond, parse_mode("baseline")).latents)
+    assert torch.equal(never.latents, plain(pipe, "baseline", cal).latents)
 
 
 @pytest.mark.parametrize("key", list(METHOD_MODES))
