@@ -136,7 +136,7 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
 def generate(pipe, *, prompt: str, cache: CacheConfig, seed: int, settings: GenerationSettings,
              observe_only: bool = False, progress: bool = True) -> GenerationResult:
     """One video with the pipeline from ``load_pipeline``."""
-    cache.check(settings.num_steps)  # fail before any work if the schedule does not fit
+    cache.check(settings.num_steps, batch_cfg=settings.batch_cfg)  # fail before any work if it cannot run
     out = pipe.generate(batch_cfg=settings.batch_cfg, prompt=prompt, negative_prompt=settings.negative_prompt,
                         cache=cache, observe_only=observe_only, progress=progress,
                         **settings.sampler_args(seed))
@@ -176,26 +176,29 @@ def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: flo
     """A one-paragraph summary of what the cache skipped and where the time went: what was measured, and what is
     an estimate from it."""
     steps = report["steps"]
-    computed = [s["seconds"] for s in steps if s["computed"]]
+    # steps that ran every CFG branch (a CFG cache's cond-only steps run half the forwards)
+    full = max((len(s.get("branches") or ()) for s in steps), default=0)
+    computed = [s["seconds"] for s in steps if s["computed"] and len(s.get("branches") or ()) == full]
     skipped = [s["seconds"] for s in steps if not s["computed"]]
     est = ""
-    if skipped and len(computed) > 1:
+    if (skipped or report.get("cond_only_steps")) and len(computed) > 1:
         # an uncached loop: the first step (which also memoises the conditioning) plus a computed step each
         typical, loop = float(np.median(computed[1:])), sum(s["seconds"] for s in steps)
         uncached = computed[0] + typical * (len(steps) - 1)
-        est = (f" Measured: a computed step {typical:.3g} s (median), a skipped one {np.median(skipped):.3g} s, "
-               f"the loop {loop:.1f} s. Estimated from those step times, an uncached loop would take "
-               f"{uncached:.1f} s")
+        skip = f", a skipped one {np.median(skipped):.3g} s" if skipped else ""
+        est = (f" Measured: a computed step {typical:.3g} s (median){skip}, the loop {loop:.1f} s. Estimated from "
+               f"those step times, an uncached loop would take {uncached:.1f} s")
         if uncached / loop >= 1.02:
             est += (f": caching made denoising about {uncached / loop:.2f}x faster (ideal "
                     f"{report['ideal_speedup']:.2f}x).")
         else:
-            est += (f": no gain measurable in this run (the {len(skipped)} skipped steps saved less than the step "
-                    f"times vary; ideal {report['ideal_speedup']:.2f}x).")
+            est += (f": no gain measurable in this run (what it skipped saved less than the step times vary; "
+                    f"ideal {report['ideal_speedup']:.2f}x).")
     mem = f" Peak GPU memory {peak_gb:.1f} GiB." if peak_gb is not None else ""
     warn = "".join(f"\nNote: {w}" for w in report.get("warnings", []))
-    return (f"Mode {report['mode']}: computed {report['computed_steps']} of {report['num_steps']} steps, skipped "
-            f"{report['skipped_steps']} ({100 * report['skipped_steps'] / report['num_steps']:.0f}%), "
+    cond_only = f" ({report['cond_only_steps']} cond-only)" if report.get("cond_only_steps") else ""
+    return (f"Mode {report['mode']}: computed {report['computed_steps']} of {report['num_steps']} steps{cond_only}, "
+            f"skipped {report['skipped_steps']} ({100 * report['skipped_steps'] / report['num_steps']:.0f}%), "
             f"{report['dit_calls']} DiT forwards.{est} Time: text encoding {timings['text_encoding_s']:.1f} s, "
             f"denoising {timings['denoising_s']:.1f} s, decoding {timings['decoding_s']:.1f} s, total "
             f"{timings['total_s']:.1f} s.{mem}{warn}")
@@ -223,6 +226,7 @@ def save_result(result: GenerationResult, video_path: Path, *, arguments: dict[s
         "cache": result.report["cache"],
         "computed_steps": result.report["computed_steps"],
         "skipped_steps": result.report["skipped_steps"],
+        "cond_only_steps": result.report.get("cond_only_steps", 0),
         "ideal_speedup": result.report["ideal_speedup"],
         "dit_calls": result.report["dit_calls"],
         "warnings": result.report["warnings"],

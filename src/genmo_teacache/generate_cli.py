@@ -95,7 +95,7 @@ def _check_jobs(jobs: list[Job], options: dict[str, Any]) -> None:
     """Everything that can be refused before a model loads."""
     for _, _, s, c in jobs:
         try:
-            for warning in c.check(s.num_steps):
+            for warning in c.check(s.num_steps, batch_cfg=s.batch_cfg):
                 log.warning("warning: %s", warning)
         except ValueError as e:
             raise click.BadParameter(str(e)) from None

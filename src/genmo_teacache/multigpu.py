@@ -140,7 +140,8 @@ class RankContext:
         with progress_bar(type="ray_tqdm" if progress else "none", enabled=progress and self.rank == 0):
             out = pipe.generate(progress=progress and self.rank == 0, branch_group=self.branch_group, **kwargs)
         return {"out": out if self.rank == 0 else None, "rank": self.rank,
-                "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps]}
+                "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps],
+                "branches": [r.branches for r in out.report.steps]}
 
     def run(self, fn, **kwargs: Any) -> Any:
         """Run ``fn(self, **kwargs)`` on this rank (as upstream's ``MultiGPUContext.run``): benchmarks."""
@@ -217,7 +218,7 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
             raise ValueError("CFG-parallel runs one CFG branch per rank: it cannot batch them (drop --batch_cfg)")
         results = self._wait([ctx.generate.remote(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt,
                                                   cache=cache, progress=progress, **kwargs) for ctx in self.ctxs])
-        decisions = {tuple(r["decisions"]) for r in results}
+        decisions = {(tuple(r["decisions"]), tuple(map(tuple, r["branches"]))) for r in results}
         if len(decisions) != 1:  # cannot happen while the indicator is all-reduced; a loud check if it ever does
             raise RuntimeError(f"ranks took different cache decisions: {decisions}")
         self.rank_results = results

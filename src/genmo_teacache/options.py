@@ -144,8 +144,10 @@ def pipeline_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 cache_options = compose(
     click.option("--cache_mode", "--teacache_mode", "cache_mode", default=None,
                  help=f"A cache mode: METHOD[+MODIFIER...], e.g. baseline, fixed_0.06, adaptive_0.12_0.04, "
-                      f"mag_0.06 (needs --calibration), easycache_0.05, fbcache_0.1 (default when no cache option "
-                      f"is given: {DEFAULT_MODE}). Grammar:\n{syntax()}"),
+                      f"mag_0.06 (needs --calibration), easycache_0.05, fbcache_0.1, fixed_0.06+cfg (CFG cache: "
+                      f"the uncond branch skipped on some computed steps), fixed_0.06+taylor1 (skipped steps "
+                      f"forecast, not reused) (default when no cache option is given: {DEFAULT_MODE}). "
+                      f"Grammar:\n{syntax()}"),
     click.option("--calibration", "--teacache_coefficients", "--mag_ratios", "calibration", default=None,
                  type=click.Path(dir_okay=False),
                  help="Calibration JSON from `genmo-teacache calibrate`, for the methods that take one (TeaCache: "

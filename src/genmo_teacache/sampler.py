@@ -72,10 +72,19 @@ class CacheReport:
         return len(self.steps) - self.computed_steps
 
     @property
+    def forwards_per_step(self) -> int:
+        """DiT forwards of a step that runs every CFG branch (2 unbatched, 1 batched)."""
+        return max((len(r.branches or ()) for r in self.steps), default=1) or 1
+
+    @property
+    def cond_only_steps(self) -> int:
+        """Computed steps on which a CFG cache ran the cond branch alone."""
+        return sum(r.computed and len(r.branches or ()) < self.forwards_per_step for r in self.steps)
+
+    @property
     def ideal_speedup(self) -> float:
         """Denoising speedup if a skipped step (or branch) cost nothing: the baseline's forwards / forwards run."""
-        per_step = max((len(r.branches or ()) for r in self.steps), default=1) or 1
-        return len(self.steps) * per_step / max(self.dit_calls, 1)
+        return len(self.steps) * self.forwards_per_step / max(self.dit_calls, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +93,7 @@ class CacheReport:
             "num_steps": len(self.steps),
             "computed_steps": self.computed_steps,
             "skipped_steps": self.skipped_steps,
+            "cond_only_steps": self.cond_only_steps,
             "ideal_speedup": self.ideal_speedup,
             "dit_calls": self.dit_calls,
             "warnings": self.warnings,
@@ -93,9 +103,10 @@ class CacheReport:
     def summary(self) -> str:
         n = len(self.steps)
         skipped = [r.step for r in self.steps if not r.computed]
-        return (f"{self.config.get('mode')}: computed {self.computed_steps}/{n} steps, skipped {len(skipped)} "
-                f"({100 * len(skipped) / max(n, 1):.0f}%), {self.dit_calls} DiT forwards; ideal denoising speedup "
-                f"{self.ideal_speedup:.2f}x" + (f"; skipped steps {skipped}" if skipped else ""))
+        cond_only = f" ({self.cond_only_steps} cond-only)" if self.cond_only_steps else ""
+        return (f"{self.config.get('mode')}: computed {self.computed_steps}/{n} steps{cond_only}, skipped "
+                f"{len(skipped)} ({100 * len(skipped) / max(n, 1):.0f}%), {self.dit_calls} DiT forwards; ideal "
+                f"denoising speedup {self.ideal_speedup:.2f}x" + (f"; skipped steps {skipped}" if skipped else ""))
 
 
 @dataclass
@@ -338,15 +349,18 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
     batched = branches[0].name == "batched"
     local = [branches[dist.get_rank(branch_group)]] if branch_group is not None else branches
 
+    warnings = cache.check(sample_steps, batch_cfg=batched)  # raises for what cannot run (+cfg with batched CFG)
     method = cache.method
     if observe_only:  # TeaCache's indicator on every step, nothing skipped
         method = method if isinstance(method, TeaCache) else TeaCache.fixed(0.0)
     if policy is not None:
         method = getattr(policy, "method", method)
         report = CacheReport(config=policy.describe())
+        if cache.modifiers:
+            report.config["modifiers"] = [m.to_dict() for m in cache.modifiers]
     else:
         policy = method.policy(observe_only=True) if observe_only else method.policy()
-        report = CacheReport(config=cache.to_dict(sample_steps), warnings=cache.check(sample_steps))
+        report = CacheReport(config=cache.to_dict(sample_steps), warnings=warnings)
     if observe_only:
         report.config["observe_only"] = True
     policy.reset(sample_steps)

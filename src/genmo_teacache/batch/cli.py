@@ -185,6 +185,11 @@ def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str
         modes = parse_modes(modes_text, calibration)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--modes") from None
+    for mode, cache in modes:
+        try:
+            cache.check(settings.num_steps, batch_cfg=getattr(settings, "batch_cfg", False))
+        except ValueError as e:
+            raise click.BadParameter(f"mode {mode!r}: {e}", param_hint="--modes") from None
     try:
         if num_prompts is not None:
             end_idx = start_idx + num_prompts
@@ -283,8 +288,9 @@ def _cuda_available() -> bool:
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
                    "any cache mode of any method (docs/METHODS.md): "
                    + "; ".join(line.strip() for line in syntax().splitlines())
-                   + ". Each optionally with its own speed options after @ (baseline@fast, fixed_0.04@bf16+compile), "
-                   "which replace the run's (--speed_preset, --dit_dtype, ...) for that mode.")
+                   + ". Modifiers as suffixes (fixed_0.06+cfg, fixed_0.06+taylor1); each mode optionally with its "
+                   "own speed options after @ (baseline@fast, fixed_0.04@bf16+compile), which replace the run's "
+                   "(--speed_preset, --dit_dtype, ...) for that mode.")
 @calibration_option
 @click.option("--num-samples", "--num_samples", "num_samples", type=click.IntRange(1, MAX_SAMPLES), default=1,
               show_default=True, help="Videos per prompt and mode (VBench: 5 for the full protocol).")
@@ -339,7 +345,8 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
               show_default=True, help="Prompts of the sweep: the first N of the prompt file.")
 @click.option("--configs", "--candidates", "configs", default=None,
               help="Candidates, comma-separated, each MODE or LABEL=MODE, of any methods (e.g. c1=adaptive_0.08_0.04,"
-                   "fixed_0.12,easycache_0.05,fbcache_0.1,mag_0.06 with --calibration). Default: the reference c1-c4 "
+                   "fixed_0.12,easycache_0.05,fbcache_0.1,cfg=fixed_0.06+cfg,fc=fixed_0.06+taylor1,mag_0.06 with "
+                   "--calibration). Default: the reference c1-c4 "
                    "adaptive (high, low) pairs (0.08, 0.04), (0.20, 0.10), (0.12, 0.04), (0.16, 0.10).")
 @calibration_option
 @click.option("--high-steps", "--high_steps", "high_steps", type=click.IntRange(min=1), default=None,

@@ -6,6 +6,8 @@ A mode name is ``[mochi_]<method mode>[+<modifier>...]``, e.g. ``fixed_0.04``, `
 
 Adding a method: write ``caches/<method>.py`` with a frozen dataclass subclassing :class:`~.base.Method` (and its
 policy), add the class to :data:`METHODS`, and add it to the contract suite's list in tests (docs/METHODS.md).
+Modifiers (:class:`~.base.Modifier`: ``+cfg``, the CFG cache; ``+taylor1``, forecasting) are registered in
+:data:`MODIFIERS` and compose with every method (docs/MODIFIERS.md).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from typing import Any
 
 from genmo_teacache.caches.base import Method, Modifier, ModifierState, StepRecord
 from genmo_teacache.caches.baseline import Baseline
+from genmo_teacache.caches.cfgcache import CfgCache
 from genmo_teacache.caches.easycache import EasyCache
 from genmo_teacache.caches.fbcache import FirstBlockCache
 from genmo_teacache.caches.magcache import MagCache
+from genmo_teacache.caches.taylor import Taylor
 from genmo_teacache.caches.teacache import TeaCache
 
 METHODS: tuple[type[Method], ...] = (Baseline, TeaCache, MagCache, EasyCache, FirstBlockCache)
-MODIFIERS: tuple[type[Modifier], ...] = ()
+MODIFIERS: tuple[type[Modifier], ...] = (CfgCache, Taylor)
 MOCHI_PREFIX = "mochi_"  # the reference experiment's folder names: mochi_fixed_0.04, mochi_baseline, ...
 
 __all__ = ["METHODS", "MODIFIERS", "CacheConfig", "Method", "Modifier", "ModifierState", "StepRecord",
@@ -107,9 +111,13 @@ class CacheConfig:
     def with_method_options(self, **options: Any) -> CacheConfig:
         return replace(self, method=self.method.with_options(**options))
 
-    def check(self, num_steps: int) -> list[str]:
-        """Raise ValueError if the config cannot run ``num_steps`` steps; return warnings (the schedule is cut...)."""
-        return self.method.check(num_steps)
+    def check(self, num_steps: int, *, batch_cfg: bool = False) -> list[str]:
+        """Raise ValueError if the config cannot run ``num_steps`` steps (or a modifier cannot run with batched CFG);
+        return warnings (the schedule is cut...)."""
+        warnings = list(self.method.check(num_steps))
+        for m in self.modifiers:
+            warnings += m.check(num_steps, batch_cfg=batch_cfg)
+        return warnings
 
     def computed_fraction(self, num_steps: int) -> float:
         """Expected share of the baseline's DiT forwards that run: batch's cost model."""

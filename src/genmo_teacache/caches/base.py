@@ -163,6 +163,10 @@ class Modifier:
         """Batch's cost model: the share of a computed step's DiT forwards this modifier removes (0 by default)."""
         return 0.0
 
+    def check(self, num_steps: int, *, batch_cfg: bool = False) -> list[str]:
+        """Raise ValueError if it cannot run ``num_steps`` steps (or with batched CFG); return warnings."""
+        return []
+
     def fields(self) -> dict[str, Any]:
         return {}
 

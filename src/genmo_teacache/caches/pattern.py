@@ -5,7 +5,11 @@ method's skip costs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 from genmo_teacache.caches.base import Method, StepRecord
+from genmo_teacache.caches.cfgcache import CfgCache
 from genmo_teacache.caches.teacache import TeaCache
 
 
@@ -34,3 +38,33 @@ class PatternPolicy:
 
     def describe(self) -> dict:
         return {"mode": self.name, "method": "pattern", "as": self.method.key, "computed": sorted(self.computed)}
+
+
+@dataclass(frozen=True)
+class CondOnlyPattern(CfgCache):
+    """The CFG cache (``+cfg``) on a fixed set of steps, for benchmarks: those of them that the step cache computes
+    run the cond branch alone once a difference is cached, and rebuild the uncond output as ``+cfg`` does (same
+    work, same weights). Not a mode name: pass it in a :class:`~genmo_teacache.caches.CacheConfig` by hand."""
+
+    prefixes: ClassVar[tuple[str, ...]] = ()
+    steps: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "steps", frozenset(self.steps))
+
+    @classmethod
+    def every_other(cls, computed_steps: set[int] | list[int]) -> CondOnlyPattern:
+        """Every second computed step, starting with the second (the first runs both branches, caching the
+        difference): half of them cond-only."""
+        return cls(steps=frozenset(sorted(computed_steps)[1::2]))
+
+    @property
+    def name(self) -> str:
+        return f"cfgpattern{len(self.steps)}"
+
+    def cond_only(self, step: int, num_steps: int) -> bool:
+        return step in self.steps
+
+    def fields(self) -> dict:
+        return dict(super().fields(), steps=sorted(self.steps))
