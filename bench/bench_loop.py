@@ -27,11 +27,12 @@ from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 from common import conditioning, full_size_dit, peak_gib, reset_peak, sync, table, write_results
 
 
-def method_of(mode: str, steps: int):
-    """The method a mode names; methods that take a calibration file get a flat one (timing only)."""
+def config_of(mode: str, steps: int) -> CacheConfig:
+    """The cache config a mode names (its method and modifiers); methods that take a calibration file get a flat
+    one (timing only)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"coefficients": [1.0, 0.0], "mag_ratios": [1.0] * steps}, f)
-    return parse_mode(mode, f.name).method
+    return parse_mode(mode, f.name)
 
 
 def main() -> None:
@@ -57,31 +58,31 @@ def main() -> None:
     settings = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=args.steps)
     cond = conditioning(device)
 
-    def run(policy, s=settings):
+    def run(policy, config, s=settings):
         reset_peak()
         sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, policy=policy, progress=False,
-                               synchronize_steps=True, **s.sampler_args(0))
+            res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=config, policy=policy,
+                               progress=False, synchronize_steps=True, **s.sampler_args(0))
         sync()
         return time.perf_counter() - t0, res.report, peak_gib()
 
     warm = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=4)
-    methods = [method_of(m, args.steps) for m in args.modes.split(",")]
-    for method in methods:  # warm-up (kernels, allocator, every method's phases)
-        run(PatternPolicy.skipping(4, 0.5, method), warm)
+    configs = [config_of(m, args.steps) for m in args.modes.split(",")]
+    for config in configs:  # warm-up (kernels, allocator, every method's phases)
+        run(PatternPolicy.skipping(4, 0.5, config.method), config, warm)
     rows = []
     fractions = [float(f) for f in args.skips.split(",")]
-    for method in methods:
+    for config in configs:
         for frac in fractions:
             if frac == 0 and rows:
                 continue  # one baseline for all methods
-            policy = None if frac == 0 else PatternPolicy.skipping(args.steps, frac, method)
-            seconds, report, peak = run(policy) if policy else run_baseline(run, dit, device, settings, cond)
+            policy = None if frac == 0 else PatternPolicy.skipping(args.steps, frac, config.method)
+            seconds, report, peak = run(policy, config) if policy else run_baseline(dit, device, settings, cond)
             computed = [s for r, s in zip(report.steps, report.step_seconds) if r.computed]
             skipped = [s for r, s in zip(report.steps, report.step_seconds) if not r.computed]
-            rows.append({"method": method.key if frac else "baseline", "skip_fraction": frac,
+            rows.append({"mode": config.name if frac else "baseline", "skip_fraction": frac,
                          "computed_steps": report.computed_steps, "dit_forwards": report.dit_calls,
                          "denoise_s": seconds, "mean_computed_step_s": sum(computed) / len(computed),
                          "mean_skipped_step_s": sum(skipped) / len(skipped) if skipped else None,
@@ -93,7 +94,7 @@ def main() -> None:
         r["speedup_vs_ideal"] = r["speedup"] / r["ideal_speedup"]
         r["skipped_step_of_computed"] = (r["mean_skipped_step_s"] / r["mean_computed_step_s"]
                                          if r["mean_skipped_step_s"] is not None else None)
-    print("\n" + table(rows, ["method", "skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
+    print("\n" + table(rows, ["mode", "skip_fraction", "computed_steps", "denoise_s", "speedup", "ideal_speedup",
                               "speedup_vs_ideal", "mean_computed_step_s", "mean_skipped_step_s",
                               "skipped_step_of_computed", "peak_gib"]))
     write_results(args.name or f"bench_loop_{args.frames}f_{args.steps}s",
@@ -101,7 +102,7 @@ def main() -> None:
                    "rows": rows})
 
 
-def run_baseline(run, dit, device, settings, cond):
+def run_baseline(dit, device, settings, cond):
     """The uncached loop: no policy override, the baseline config (no indicator, no residuals)."""
     reset_peak()
     sync()
