@@ -236,7 +236,9 @@ def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pi
             weighted.add("low")
         delta = (low, high)
         assert torch.equal(filled[r.step], published_uncond(cond, low, high)), r.step
-    assert weighted == {"high", "low"}
+    assert weighted, "no cond-only step was weighted"
+    if key == "teacache":  # its pattern puts cond-only steps in both weighting regimes
+        assert weighted == {"high", "low"}
     base = plain(pipe, METHOD_MODES[key][0], cal)
     assert [r.computed for r in base.report.steps] == [r.computed for r in steps]
     assert not torch.equal(base.latents, result.latents)
