@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--dit_dtype", default="fp32")
     ap.add_argument("--sdpa_backend", default="auto")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--warm_frames", type=int, default=None, help="frames of the warm-up runs (default --frames)")
     ap.add_argument("--speed", default=None, help="a speed preset or spec (fast, bf16+fa3+compile, ...) instead")
     args = ap.parse_args()
 
@@ -68,7 +69,7 @@ def main() -> None:
         sync()
         return time.perf_counter() - t0, res.report, peak_gib()
 
-    warm = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=4)
+    warm = GenerationSettings(width=w, height=h, num_frames=args.warm_frames or args.frames, num_steps=4)
     configs = [config_of(m, args.steps) for m in args.modes.split(",")]
     for config in configs:  # warm-up (kernels, allocator, every method's phases)
         run(PatternPolicy.skipping(4, 0.5, config.method), config, warm)
