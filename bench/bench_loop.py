@@ -71,8 +71,9 @@ def main() -> None:
 
     warm = GenerationSettings(width=w, height=h, num_frames=args.warm_frames or args.frames, num_steps=4)
     configs = [config_of(m, args.steps) for m in args.modes.split(",")]
-    for config in configs:  # warm-up (kernels, allocator, every method's phases)
-        run(PatternPolicy.skipping(4, 0.5, config.method), config, warm)
+    full = GenerationSettings(width=w, height=h, num_frames=args.frames, num_steps=4)
+    for i, config in enumerate(configs):  # warm-up: the first at full size, the others' phases on --warm_frames
+        run(PatternPolicy.skipping(4, 0.5, config.method), config, warm if i else full)
     rows = []
     fractions = [float(f) for f in args.skips.split(",")]
     for config in configs:
