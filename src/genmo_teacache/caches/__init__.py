@@ -7,7 +7,7 @@ A mode name is ``[mochi_]<method mode>[+<modifier>...]``, e.g. ``fixed_0.04``, `
 Adding a method: write ``caches/<method>.py`` with a frozen dataclass subclassing :class:`~.base.Method` (and its
 policy), add the class to :data:`METHODS`, and add it to the contract suite's list in tests (docs/METHODS.md).
 Modifiers (:class:`~.base.Modifier`: ``+cfg``, the CFG cache; ``+taylor1``, forecasting) are registered in
-:data:`MODIFIERS` and compose with every method (docs/MODIFIERS.md).
+:data:`MODIFIERS` and compose with every method (docs/METHODS.md, Modifiers).
 """
 
 from __future__ import annotations
