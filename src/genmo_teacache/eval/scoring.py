@@ -126,19 +126,7 @@ def load_raw_scores(score_dir: str | os.PathLike) -> dict[str, float]:
     VBench writes ``{dim: [mean, [per-video results...]]}``; files of several dimensions may share one file.
     Returns dimensions in the reference column order (unknown dimensions after them, sorted).
     """
-    score_dir = Path(score_dir)
-    found: dict[str, float] = {}
-    if not score_dir.is_dir():
-        return found
-    for path in sorted(score_dir.iterdir()):
-        if not path.name.endswith(RESULT_SUFFIX) or path.name.startswith("."):
-            continue
-        with open(path) as f:
-            data = json.load(f)
-        for dim, value in data.items():
-            found[dim] = float(value[0] if isinstance(value, list) else value)
-    order = {dim: i for i, dim in enumerate(ALL_DIMENSIONS)}
-    return dict(sorted(found.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return {dim: result.mean for dim, result in load_dimension_results(score_dir).items()}
 
 
 @dataclass(frozen=True)
