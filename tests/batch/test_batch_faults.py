@@ -315,7 +315,7 @@ def test_a_ray_address_where_nothing_listens_fails_fast(tiny_model_dir, prompts_
         "batch --num_gpus 2": batch_process(*args(tiny_model_dir, prompts_file, tmp_path / "out", "baseline"),
                                             "--num_gpus", "2", "--ray_address", address),
         "generate --num_gpus 2": [sys.executable, "-m", "genmo_teacache.cli", "generate", *common, "--num_gpus", "2",
-                                  "--teacache_thresh", "0.3",
+                                  "--num_frames", "13", "--teacache_thresh", "0.3",  # 13: a size 2 ranks can split
                                   "--out_dir", str(tmp_path / "out")],
         "load_pipeline": [sys.executable, "-c", "import sys; from genmo_teacache.generate import load_pipeline; "
                           "load_pipeline(sys.argv[1], device='cpu', num_gpus=2, ray_address=sys.argv[2])",
@@ -337,7 +337,7 @@ def test_a_ray_address_where_nothing_listens_fails_fast(tiny_model_dir, prompts_
 def test_outputs_that_cannot_be_written_fail_before_the_model_loads(tiny_model_dir, prompts_file, tmp_path, command,
                                                                     option):
     from genmo_teacache.calibrate import calibrate_command
-    from genmo_teacache.generate import generate_command
+    from genmo_teacache.generate_cli import generate_command
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -357,7 +357,7 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_loads(tiny_model_d
 def test_generate_never_overwrites_a_video(tiny_model_dir, tmp_path):
     """Videos named output_<seconds>_<i>_<mode>.mp4 exist for every second of the next 15 minutes: the run
     writes beside them under a new name and prints that name."""
-    from genmo_teacache.generate import generate_command
+    from genmo_teacache.generate_cli import generate_command
 
     out = tmp_path / "out"
     out.mkdir()

@@ -180,3 +180,21 @@ def test_zero_threshold_modes_of_new_methods_match_no_teacache_bit_for_bit(tiny_
         assert sidecar["computed_steps"] == 6 and sidecar["cache"]["method"] == name
     assert torch.equal(latents["easycache"], latents["baseline"])
     assert torch.equal(latents["fbcache"], latents["baseline"])
+
+
+def test_the_summary_says_what_was_measured_and_what_is_estimated():
+    """A run whose skips saved less than the step times vary used to read "0.98x faster": it now says that no gain
+    was measurable, and a clear gain is given as an estimate from the measured step times."""
+    from genmo_teacache.generate import summary_text
+
+    def report(seconds, computed):
+        steps = [{"seconds": s, "computed": c} for s, c in zip(seconds, computed)]
+        n_c = sum(computed)
+        return {"mode": "fixed_0.04", "steps": steps, "num_steps": len(steps), "computed_steps": n_c,
+                "skipped_steps": len(steps) - n_c, "dit_calls": 2 * n_c, "ideal_speedup": len(steps) / n_c}
+
+    timings = {"text_encoding_s": 0.1, "denoising_s": 3.0, "decoding_s": 0.5, "total_s": 3.6}
+    noisy = summary_text(report([1.0, 1.0, 1.0, 0.9, 1.0, 1.0], [True, True, True, False, True, True]), timings, None)
+    assert "no gain measurable" in noisy and "x faster" not in noisy and "Measured:" in noisy
+    clear = summary_text(report([1.0, 1.0, 0.01, 0.01, 1.0, 1.0], [True, True, False, False, True, True]), timings, 2.0)
+    assert "Estimated from those step times" in clear and "1.49x faster" in clear and "Peak GPU memory" in clear

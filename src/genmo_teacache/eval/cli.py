@@ -155,6 +155,7 @@ def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_
     """Tables, results JSON and plots, then what ``then`` writes from them (the side-by-side videos and the report);
     the output ends with where they are, the summary table and the warnings."""
     from genmo_teacache.eval.plots import find_delta_temni, write_plots
+    from genmo_teacache.eval.report import REPORT
     from genmo_teacache.eval.tables import collect, console_report, write_tables
 
     comp = collect(modes, baseline, scores_dir, fidelity_dir, log_dir)
@@ -164,6 +165,8 @@ def _compare(baseline: str, modes: list[str], scores_dir: Path | None, fidelity_
     if then is not None:
         written.update(then())
     _echo_outputs(out_dir, written)
+    if REPORT in written:
+        click.echo(f"report: {written[REPORT]} (open it in a browser)")
     click.echo("\n" + console_report(comp))
     for warning in comp.warnings:
         click.secho(f"WARNING: {warning}", fg="yellow", err=True)
