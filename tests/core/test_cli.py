@@ -196,5 +196,6 @@ def test_the_summary_says_what_was_measured_and_what_is_estimated():
     timings = {"text_encoding_s": 0.1, "denoising_s": 3.0, "decoding_s": 0.5, "total_s": 3.6}
     noisy = summary_text(report([1.0, 1.0, 1.0, 0.9, 1.0, 1.0], [True, True, True, False, True, True]), timings, None)
     assert "no gain measurable" in noisy and "x faster" not in noisy and "Measured:" in noisy
-    clear = summary_text(report([1.0, 1.0, 0.01, 0.01, 1.0, 1.0], [True, True, False, False, True, True]), timings, 2.0)
+    clear = summary_text(report([1.0, 1.0, 0.01, 0.01, 1.0, 1.0], [True, True, False, False, True, True]), timings,
+                         2.0)
     assert "Estimated from those step times" in clear and "1.49x faster" in clear and "Peak GPU memory" in clear
