@@ -199,6 +199,7 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
     starting: dict[Any, str] = {}  # ready ref -> worker name
     running: dict[Any, tuple[str, Job | None]] = {}  # run ref -> (worker, job); flush ref -> (worker, None)
     unconfirmed: dict[str, dict[int, Job]] = {}  # worker -> jobs given to it whose write has not been reported
+    orphaned: list[Job] = []  # jobs of workers that died: their temporary files are cleaned once all are done
     idle: list[str] = []
     attempts: dict[int, int] = {}
     queue = longest_first(session.pending)
@@ -247,6 +248,7 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
         nonlocal replacements_left
         retire(name)
         lost = list(unconfirmed.pop(name, {}).values())
+        orphaned.extend(lost)
         done = plan.finished(lost)  # a write may have completed before the worker died
         for job in lost:
             if job.index in done:
@@ -326,6 +328,9 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
                     continue
                 handle(name, outcomes, bar)
                 idle.append(name)
+        # a dead worker's encoder (ffmpeg, a child process) can outlive it for a moment and leave a temporary file
+        # after the cleaning above: with every worker of this batch done, whatever remains of those jobs is stale
+        clean_stale_tmp(orphaned, plan.root)
     finally:
         for name in list(workers):
             retire(name)
