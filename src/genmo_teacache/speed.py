@@ -339,9 +339,9 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
     if options.compile:
         if options.fp8_linear:
-            log.warning("fp8_linear with compile: in our H200 benchmark its first forward had not finished after "
-                        "about 4 minutes (torchao FP8 weights under torch.compile); eager fp8_linear was no faster "
-                        "than bf16 (docs/BENCHMARKS.md section 7)")
+            log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "
+                        "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
+                        "eager fp8_linear was no faster than bf16 (docs/BENCHMARKS.md section 7)")
         for block in dit.blocks:
             block.compile(dynamic=False)
     log.info("DiT speed options: %s", options.spec())
