@@ -32,7 +32,9 @@ from genmo_teacache.speed import (  # noqa: E402
     check_speed_options,
     parse_speed,
     quantize_fp8_linears,
+    restore_linears,
     set_attention,
+    use_fp8_mm,
 )
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 
@@ -94,11 +96,11 @@ def main() -> None:
     references: dict[int, torch.Tensor] = {}
     reference_loop: list[torch.Tensor] = []
     rows: list[dict[str, Any]] = []
-    state = {"compiled": False, "fp8": None, "dtype": "fp32"}
+    state = {"compiled": False, "fp8": None, "fp8_mm": None, "dtype": "fp32"}
 
     def configure(o: SpeedOptions) -> None:
         """Move the one DiT to ``o``: attention and compile are undone and redone; bf16 weights are one-way
-        (variants are ordered so that fp32 ones come first); FP8 linears are swapped in and out."""
+        (variants are ordered so that fp32 ones come first); FP8 linears (torchao's, ours) are swapped in and out."""
         if state["compiled"]:
             for block in dit.blocks:
                 block._compiled_call_impl = None
@@ -117,6 +119,11 @@ def main() -> None:
             for (i, n), weight in state["fp8"].items():
                 dit.blocks[i].get_submodule(n).weight = weight
             state["fp8"] = None
+        if o.fp8_mm and state["fp8_mm"] is None:
+            state["fp8_mm"] = use_fp8_mm(dit)
+        elif not o.fp8_mm and state["fp8_mm"] is not None:
+            restore_linears(dit, state["fp8_mm"])
+            state["fp8_mm"] = None
         set_attention(dit, o.attention_kernel, o.sdpa_backend)
         if o.compile:
             for block in dit.blocks:
@@ -209,7 +216,8 @@ def main() -> None:
         ("fast_bf16", PRESETS["fast_bf16"], [top], True),
         *[(s, parse_speed(s), [top], False) for s in (
             "bf16+fa3_fp8+compile", "bf16+fp8_linear+compile", "bf16+fp8_linear", "bf16+fa4+compile",
-            "bf16+sage+compile", "bf16+fa3+fp8_linear+compile")],
+            "bf16+sage+compile", "bf16+fa3+fp8_linear+compile", "bf16+fp8_mm", "bf16+fp8_mm+compile",
+            "bf16+fa3_fp8+fp8_mm+compile")],
     ]
     if args.plan:
         plan = []

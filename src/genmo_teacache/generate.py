@@ -92,10 +92,11 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
                   dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
-                  attention_kernel: str = "sdpa", fp8_linear: bool = False, speed_preset: str | None = None,
+                  attention_kernel: str = "sdpa", fp8_linear: bool = False, fp8_mm: bool = False,
+                  speed_preset: str | None = None,
                   cfg_parallel: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``: see
+    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``, ``fp8_mm``: see
     ``genmo_teacache.speed`` (defaults = upstream); ``speed_preset`` (a preset or spec) is applied first and
     the options given with other than their default values go on top. ``num_gpus`` > 1: context parallelism over
     them, or with ``cfg_parallel`` the two CFG branches on two halves of them (each half context-parallel if it has
@@ -104,7 +105,7 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
     from genmo_teacache.speed import check_speed_options, merge_speed
 
     speed = merge_speed(speed_preset, dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit,
-                        attention_kernel=attention_kernel, fp8_linear=fp8_linear)
+                        attention_kernel=attention_kernel, fp8_linear=fp8_linear, fp8_mm=fp8_mm)
     device = resolve_device(device)
     check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:

@@ -89,8 +89,11 @@ generation_options = compose(
                       "(pip install flash-attn-4), sage (pip install sageattention). See docs/BENCHMARKS.md."),
     click.option("--fp8_linear", is_flag=True,
                  help="FP8 visual linear layers through torchao (needs --dit_dtype bf16, compute capability 8.9+)."),
+    click.option("--fp8_mm", is_flag=True,
+                 help="FP8 visual linear layers through torch._scaled_mm, no extra package (needs --dit_dtype bf16)."),
     click.option("--speed_preset", default=None,
-                 help="Named speed options: fast (fastest measured), fast_bf16 (no 8-bit rounding), default; or "
+                 help="Named speed options: fastest (FP8 attention and linears), fast (FP8 attention), fast_bf16 "
+                      "(no 8-bit rounding), default; or "
                       "tokens joined by + (bf16+fa3+compile). Other speed options given go on top."),
 )
 
@@ -98,7 +101,7 @@ SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "neg
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
                  "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit",
-                 "attention_kernel", "fp8_linear", "speed_preset")
+                 "attention_kernel", "fp8_linear", "fp8_mm", "speed_preset")
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:

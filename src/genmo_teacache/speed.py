@@ -15,6 +15,9 @@ and how far it moves the outputs.
 - ``fp8_linear``: the visual stream's big linear layers (QKV, output projection, both SwiGLU matrices) in FP8
   through torchao (dynamic per-row scaled activations and weights). Needs bf16 weights and a GPU of compute
   capability 8.9 or newer.
+- ``fp8_mm``: the same layers in FP8 without torchao (:class:`FP8Linear`): e4m3 weights with one scale per output
+  channel, activations quantised per token on every call, multiplied by ``torch._scaled_mm``; the quantisation
+  is plain tensor code that ``compile`` fuses. Needs bf16 weights; checked by a small product on the device.
 - ``compile``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
 
 Options are written as a spec, ``"+"``-joined tokens (``"bf16+fa3_fp8+compile"``) or a preset name
@@ -59,6 +62,7 @@ class SpeedOptions:
     compile: bool = False
     attention_kernel: str = "sdpa"
     fp8_linear: bool = False
+    fp8_mm: bool = False
 
     def __post_init__(self) -> None:
         if self.dit_dtype not in ("fp32", "bf16"):
@@ -72,6 +76,10 @@ class SpeedOptions:
                              f"{self.attention_kernel!r}: leave sdpa_backend at auto")
         if self.fp8_linear and self.dit_dtype != "bf16":
             raise ValueError("fp8_linear quantizes bf16 weights: set dit_dtype bf16 as well")
+        if self.fp8_mm and self.dit_dtype != "bf16":
+            raise ValueError("fp8_mm quantizes bf16 weights: set dit_dtype bf16 as well")
+        if self.fp8_mm and self.fp8_linear:
+            raise ValueError("fp8_mm and fp8_linear both put the same linear layers in FP8: keep one")
 
     @property
     def is_default(self) -> bool:
@@ -90,17 +98,22 @@ class SpeedOptions:
             tokens.append(self.attention_kernel)
         if self.fp8_linear:
             tokens.append("fp8_linear")
+        if self.fp8_mm:
+            tokens.append("fp8_mm")
         if self.compile:
             tokens.append("compile")
         return "+".join(tokens)
 
 
 # Named combinations, from docs/BENCHMARKS.md section 7 (H200, 163 frames, one forward; upstream's default
-# 3.57 s): "fast" is the fastest measured combination (2.24 s, 1.60x; FP8 attention moves the output about 7x
-# as far as switching between two exact kernels does); "fast_bf16" the fastest that keeps attention and matmuls
-# in bf16 (2.62 s, 1.36x; output as close as bf16 weights + compile alone).
+# 3.55-3.57 s): "fastest" is the fastest measured combination (1.99 s, 1.80x: FP8 attention and FP8 linears; its
+# latents after 8 steps move twice as far from upstream's as between two exact kernels); "fast" FP8 attention only
+# (2.24 s, 1.58-1.60x; FP8 attention moves a forward's output about 7x as far as switching between two exact
+# kernels does); "fast_bf16" the fastest that keeps attention and matmuls in bf16 (2.61 s, 1.36x; output as close
+# as bf16 weights + compile alone).
 PRESETS: dict[str, SpeedOptions] = {
     "default": SpeedOptions(),
+    "fastest": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8", fp8_mm=True),
     "fast": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8"),
     "fast_bf16": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3"),
 }
@@ -111,6 +124,7 @@ _TOKENS: dict[str, dict[str, object]] = {
     "bf16": {"dit_dtype": "bf16"},
     "compile": {"compile": True},
     "fp8_linear": {"fp8_linear": True},
+    "fp8_mm": {"fp8_mm": True},
     **{f"sdpa_{b}": {"sdpa_backend": b} for b in SDPA_BACKENDS},
     **{k: {"attention_kernel": k} for k in ATTENTION_KERNELS},
 }
@@ -221,6 +235,15 @@ def check_speed_options(options: SpeedOptions, device: torch.device | str) -> No
             limit = f"{need[0]}.{need[1]}" + (f" to {_MAX_MAJOR[key]}.x" if key in _MAX_MAJOR else " or newer")
             raise SpeedOptionError(f"{label} needs a GPU of compute capability {limit}; "
                                    f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+    if options.fp8_mm:
+        try:
+            FP8Linear(torch.nn.Linear(32, 16, device=device, dtype=torch.bfloat16))(
+                torch.ones(4, 32, device=device, dtype=torch.bfloat16))
+        except (RuntimeError, NotImplementedError) as e:
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+            raise SpeedOptionError(f"fp8_mm: torch._scaled_mm with per-row scales does not run on {name} with torch "
+                                   f"{torch.__version__} ({str(e).splitlines()[0][:200]}): drop fp8_mm, or use a "
+                                   f"GPU of compute capability 8.9 or newer") from None
 
 
 # -- the attention kernels -------------------------------------------------------------------------------------
@@ -323,6 +346,60 @@ def quantize_fp8_linears(dit: torch.nn.Module) -> int:
     return count
 
 
+class FP8Linear(torch.nn.Module):
+    """``linear`` (bf16, no LoRA) in float8 e4m3: weights with one scale per output channel, quantised once;
+    activations with one scale per token, quantised on every call; ``torch._scaled_mm`` multiplies them and
+    applies both scales, with bf16 output. ``x ~= x_q * x_scale`` and ``W ~= W_q * w_scale`` row by row, so the
+    product is exact up to the two roundings to e4m3 (3 mantissa bits) and the bf16 output."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight, scale = self.quantize(linear.weight.detach())
+        self.register_buffer("weight", weight)  # (out, in) e4m3: its transpose is the column-major operand
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out) float32
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
+
+    @staticmethod
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ``x`` (2-D) to e4m3 and their float32 scales (rows, 1): ``x ~= q * scale``."""
+        xf = x.float()
+        scale = (xf.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp(min=1e-12)
+        return (xf / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = self.quantize(x.reshape(-1, self.in_features))
+        y = torch._scaled_mm(q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=torch.bfloat16)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 per-row scales"
+
+
+def use_fp8_mm(dit: torch.nn.Module) -> dict[tuple[int, str], torch.nn.Module]:
+    """Replace the visual linears of every block (``FP8_LINEARS``) by :class:`FP8Linear`; a layer with an active
+    LoRA stays as it is. Returns the replaced modules by (block, name), to put back with :func:`restore_linears`."""
+    replaced = {}
+    for i, block in enumerate(dit.blocks):
+        for name in FP8_LINEARS:
+            module = block.get_submodule(name)
+            if getattr(module, "r", 0) > 0:  # LoraLinear with a LoRA: its update is not part of the weight
+                continue
+            parent, _, attr = name.rpartition(".")
+            setattr(block.get_submodule(parent), attr, FP8Linear(module))
+            replaced[(i, name)] = module
+    return replaced
+
+
+def restore_linears(dit: torch.nn.Module, replaced: dict[tuple[int, str], torch.nn.Module]) -> None:
+    for (i, name), module in replaced.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(dit.blocks[i].get_submodule(parent), attr, module)
+
+
 def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     """Apply ``options`` to an (unwrapped) DiT, in place. Call after its weights are loaded. Raises
     :class:`SpeedOptionError` first if an option cannot run on the DiT's device."""
@@ -335,13 +412,16 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         cast_dit(dit, torch.bfloat16)
     if options.fp8_linear:
         log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
+    if options.fp8_mm:
+        log.info("FP8 linear layers (torch._scaled_mm): %d converted", len(use_fp8_mm(dit)))
     if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
     if options.compile:
         if options.fp8_linear:
             log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "
                         "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
-                        "eager fp8_linear was no faster than bf16 (docs/BENCHMARKS.md section 7)")
+                        "eager fp8_linear was no faster than bf16. fp8_mm (no torchao) compiles in seconds: "
+                        "docs/BENCHMARKS.md section 7b")
         for block in dit.blocks:
             block.compile(dynamic=False)
     log.info("DiT speed options: %s", options.spec())

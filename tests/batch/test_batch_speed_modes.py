@@ -192,7 +192,8 @@ def test_a_batch_with_speed_options_per_mode_resumes_and_evaluates(tiny_model_di
     for mode, spec, dtype in (("baseline", "default", "fp32"), ("baseline@bf16", "bf16", "bf16")):
         report = json.loads((out / "reports" / mode / "a dog-0.json").read_text())
         assert report["speed"] == {"spec": spec, "dit_dtype": dtype, "sdpa_backend": "auto", "compile": False,
-                                   "attention_kernel": "sdpa", "fp8_linear": False}
+                                   "attention_kernel": "sdpa", "fp8_linear": False,
+                                   "fp8_mm": False}
         assert (report["fingerprint"]["speed"], report["fingerprint"]["dit_dtype"]) == (spec, dtype)
         assert report["log_entry"]["speed"] == spec
     runs = json.loads((out / "logs" / "generation_log_0-2.json").read_text())["runs"]

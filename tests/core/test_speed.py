@@ -2,6 +2,7 @@
 can run on CPU for real (default options leave the DiT untouched; the FP8 attention's quantisation and layout)."""
 
 import itertools
+import json
 import sys
 from dataclasses import replace
 
@@ -30,6 +31,8 @@ from genmo_teacache.speed import (
     (dict(attention_kernel="fa2"), "attention_kernel 'fa2'"),
     (dict(attention_kernel="fa3", sdpa_backend="cudnn"), "only applies to attention_kernel sdpa"),
     (dict(fp8_linear=True), "set dit_dtype bf16"),
+    (dict(fp8_mm=True), "set dit_dtype bf16"),
+    (dict(dit_dtype="bf16", fp8_mm=True, fp8_linear=True), "keep one"),
 ])
 def test_invalid_options_are_refused_with_the_value_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -37,17 +40,19 @@ def test_invalid_options_are_refused_with_the_value_named(kwargs, message):
 
 
 def all_valid_options():
-    for dtype, backend, comp, kernel, fp8 in itertools.product(
-            ("fp32", "bf16"), ("auto", *speed.SDPA_BACKENDS), (False, True), speed.ATTENTION_KERNELS, (False, True)):
+    for dtype, backend, comp, kernel, fp8, fp8_mm in itertools.product(
+            ("fp32", "bf16"), ("auto", *speed.SDPA_BACKENDS), (False, True), speed.ATTENTION_KERNELS, (False, True),
+            (False, True)):
         try:
-            yield SpeedOptions(dtype, backend, comp, kernel, fp8)
+            yield SpeedOptions(dtype, backend, comp, kernel, fp8, fp8_mm)
         except ValueError:
             continue
 
 
 def test_every_valid_combination_round_trips_through_its_spec():
     options = list(all_valid_options())
-    assert len(options) == 5 * 2 * 3 + 4 * 2 * 3  # (sdpa backends | other kernels) x compile x (fp32, bf16, bf16+fp8)
+    # (sdpa backends | other kernels) x compile x (fp32, bf16, bf16+fp8_linear, bf16+fp8_mm)
+    assert len(options) == 5 * 2 * 4 + 4 * 2 * 4
     specs = {o.spec() for o in options}
     assert len(specs) == len(options)  # canonical: one spec per combination
     for o in options:
@@ -252,3 +257,58 @@ def test_flash_attn_4_alone_is_not_taken_for_flash_attn_2(tmp_path, monkeypatch)
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
     assert compat.flash_attn2_available() is True
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+
+
+def test_fp8_mm_linear_is_the_scaled_product_of_its_quantised_rows():
+    """FP8Linear on the CPU's torch._scaled_mm: the product of the e4m3 rows times both scales, plus the bias;
+    each row's scale maps its largest value to e4m3's largest; the result stays near the bf16 layer's."""
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 64, generator=g) * torch.linspace(0.1, 3.0, 48)[:, None])
+        linear.bias.copy_(torch.randn(48, generator=g))
+    x = (torch.randn(3, 5, 64, generator=g) * torch.linspace(0.01, 10.0, 5)[:, None]).to(torch.bfloat16)
+    fp8 = speed.FP8Linear(linear)
+    y = fp8(x)
+    assert y.shape == (3, 5, 48) and y.dtype == torch.bfloat16
+    assert fp8.weight.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 48)
+
+    xq, xs = speed.FP8Linear.quantize(x.reshape(15, 64))
+    wq, ws = speed.FP8Linear.quantize(linear.weight)
+    assert torch.equal(xq.float().abs().amax(dim=1), torch.full([15], 448.0))  # every row uses e4m3's range
+    assert torch.equal(wq, fp8.weight) and torch.equal(ws.t(), fp8.weight_scale)
+    assert ((xq.float() * xs - x.reshape(15, 64).float()).abs() <= x.reshape(15, 64).float().abs() / 16 + 1e-6).all()
+    product = ((xq.float() * xs) @ (wq.float() * ws).t()).to(torch.bfloat16) + linear.bias
+    torch.testing.assert_close(y.reshape(15, 48), product, rtol=2 ** -7, atol=1e-3)
+    exact = linear(x).float()
+    assert ((y.float() - exact).norm() / exact.norm()) < 0.05
+
+
+def test_fp8_mm_replaces_the_visual_linears_keeps_lora_ones_and_restores(tiny_dit):
+    dit = tiny_dit.get_model(local_rank=0, device_id="cpu", world_size=1)
+    check_speed_options(SpeedOptions(dit_dtype="bf16", fp8_mm=True), "cpu")  # the probe runs on this CPU
+    apply_speed_options(dit, SpeedOptions(dit_dtype="bf16"))
+    reference = forward(dit)
+    dit.blocks[1].attn.qkv_x.r = 4  # as a LoraLinear with an adapter: its LoRA update is not in the weight
+    originals = {(i, n): b.get_submodule(n) for i, b in enumerate(dit.blocks) for n in speed.FP8_LINEARS}
+    replaced = speed.use_fp8_mm(dit)
+    assert set(replaced) == set(originals) - {(1, "attn.qkv_x")}
+    for (i, name), module in originals.items():
+        now = dit.blocks[i].get_submodule(name)
+        assert (now is module) if (i, name) == (1, "attn.qkv_x") else isinstance(now, speed.FP8Linear)
+    out = forward(dit)
+    assert ((out.float() - reference.float()).norm() / reference.float().norm()) < 0.1
+    speed.restore_linears(dit, replaced)
+    assert all(dit.blocks[i].get_submodule(n) is m for (i, n), m in originals.items())
+    assert torch.equal(forward(dit), reference)
+
+
+def test_fp8_mm_through_generate(tiny_model_dir, tmp_path):
+    from genmo_teacache.generate_cli import generate_command
+
+    res = CliRunner().invoke(generate_command, [
+        "--model_dir", str(tiny_model_dir), "--device", "cpu", "--prompt", "a cat", "--no_teacache",
+        "--num_steps", "2", "--dit_dtype", "bf16", "--fp8_mm", "--save_file", str(tmp_path / "v.mp4")])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads((tmp_path / "v.json").read_text())
+    assert sidecar["arguments"]["fp8_mm"] is True and sidecar["frames"][0] == 19

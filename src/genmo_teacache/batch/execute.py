@@ -64,7 +64,8 @@ class PipelineSpec:
         """The same pipeline with these speed options instead of its own."""
         kwargs = {k: v for k, v in self.kwargs.items() if k != "speed_preset"}
         kwargs.update(dit_dtype=options.dit_dtype, sdpa_backend=options.sdpa_backend, compile_dit=options.compile,
-                      attention_kernel=options.attention_kernel, fp8_linear=options.fp8_linear)
+                      attention_kernel=options.attention_kernel, fp8_linear=options.fp8_linear,
+                      fp8_mm=options.fp8_mm)
         return PipelineSpec(self.model_dir, kwargs)
 
     def load(self) -> Any:

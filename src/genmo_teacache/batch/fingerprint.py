@@ -97,16 +97,17 @@ def run_speed(kwargs: dict[str, Any]) -> SpeedOptions:
     on top of it). Raises ValueError naming a bad preset or combination."""
     return merge_speed(kwargs.get("speed_preset"), dit_dtype=kwargs.get("dit_dtype"),
                        sdpa_backend=kwargs.get("sdpa_backend"), compile=kwargs.get("compile_dit"),
-                       attention_kernel=kwargs.get("attention_kernel"), fp8_linear=kwargs.get("fp8_linear"))
+                       attention_kernel=kwargs.get("attention_kernel"), fp8_linear=kwargs.get("fp8_linear"),
+                       fp8_mm=kwargs.get("fp8_mm"))
 
 
 def speed_fingerprint(options: SpeedOptions) -> dict[str, Any]:
-    """``{"speed": spec, "dit_dtype", "sdpa_backend", "compile_dit", "attention_kernel", "fp8_linear"}``: the
+    """``{"speed": spec, "dit_dtype", "sdpa_backend", "compile_dit", "attention_kernel", "fp8_linear", "fp8_mm"}``: the
     spec and every option expanded (the names of the ``generate`` options; reports of earlier versions have the
     first three)."""
     return {"speed": options.spec(), "dit_dtype": options.dit_dtype, "sdpa_backend": options.sdpa_backend,
             "compile_dit": options.compile, "attention_kernel": options.attention_kernel,
-            "fp8_linear": options.fp8_linear}
+            "fp8_linear": options.fp8_linear, "fp8_mm": options.fp8_mm}
 
 
 def job_fingerprint(fingerprint: dict[str, Any] | None, options: SpeedOptions | None) -> dict[str, Any] | None:
