@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from genmo_teacache import __version__
+from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale
 from genmo_teacache.options import generation_options
 from genmo_teacache.video import atomic_path, check_output_file, write_json
@@ -349,7 +350,7 @@ def calibrate_command(ctx: click.Context, **options: Any) -> None:
     from genmo_teacache.generate import load_pipeline
     from genmo_teacache.options import apply_model_defaults, pipeline_kwargs, resolve_model_dir, settings_from_options
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     options = apply_model_defaults(ctx, resolve_model_dir(options))
     settings = settings_from_options(**options)
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from genmo_teacache.caches import CacheConfig
+from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.generate import (
     DEFAULT_PROMPT,
     GenerationSettings,
@@ -62,7 +63,7 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
     default). Without --model_dir it runs the tiny random demo model (noise), to try the pipeline out."""
     from genmo.lib.progress import progress_bar
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     options = resolve_model_dir(options)
     options = apply_model_defaults(ctx, options)
     jobs = _sweep_jobs(options) if options["sweep_file"] else [

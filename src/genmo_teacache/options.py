@@ -13,20 +13,12 @@ import click
 
 from genmo_teacache.caches import CacheConfig, parse_mode, syntax
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.cliutils import compose
 from genmo_teacache.generate import GENERATION_DEFAULTS_FILE, GenerationSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODE = "adaptive_0.12_0.04"  # the reference experiment's two-phase setting (high 0.12 for steps 0-33)
-
-
-def compose(*decorators):
-    def apply(fn):
-        for d in reversed(decorators):
-            fn = d(fn)
-        return fn
-
-    return apply
 
 
 def _positive_or_none(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.options import (
     apply_model_defaults,
     generation_options,
@@ -151,7 +152,7 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
     Exit status 0 when they are identical, 1 when they are not."""
     from genmo_teacache.weights import WeightsError, check_model_dir
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     options = apply_model_defaults(ctx, resolve_model_dir(options))
     if ctx.get_parameter_source("num_steps") == click.core.ParameterSource.DEFAULT:
         options["num_steps"] = VERIFY_STEPS

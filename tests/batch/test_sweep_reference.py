@@ -33,8 +33,10 @@ def test_reference_options_dry_run(tiny_model_dir: Path, tmp_path: Path) -> None
     assert {r[1] for r in rows} == {"0", "1", "2", "3"} and "share 1:" in res.output
     assert SUBSET[2]["prompt_en"] in res.output and SUBSET[3]["prompt_en"] in res.output
     assert SUBSET[0]["prompt_en"] not in res.output
-    # the reference's folder names: the fidelity command's --baseline mochi_baseline finds its folder
-    assert "videos/mochi_baseline/" in res.output and "videos/mochi_adaptive_0.12_0.04_h" in res.output
+    # the reference's folder names: the fidelity command's --baseline mochi_baseline finds its folder, and its
+    # --modes mochi_adaptive_c1,...,mochi_adaptive_c4 theirs (c3 is the adaptive 0.12 / 0.04 pair)
+    assert "videos/mochi_baseline/" in res.output and "videos/mochi_adaptive_c3/" in res.output
+    assert "mochi_adaptive_c3=mochi_adaptive_0.12_0.04_h" in res.output
     assert not out.exists()
 
     res = CliRunner().invoke(sweep_command, ["--model_dir", str(tiny_model_dir), "--seed", "1", "--generation-seed",

@@ -13,20 +13,40 @@ from typing import Any
 import click
 
 from genmo_teacache.batch.execute import PipelineSpec
-from genmo_teacache.batch.jobs import MAX_SAMPLES, BatchError, Job, build_jobs, longest_first, select_prompts
-from genmo_teacache.batch.naming import parse_modes
+from genmo_teacache.batch.jobs import (
+    MAX_SAMPLES,
+    SEED_MAX,
+    BatchError,
+    Job,
+    build_jobs,
+    longest_first,
+    select_prompts,
+)
+from genmo_teacache.batch.layout import BATCH, LAYOUTS, REFERENCE, found_layout
+from genmo_teacache.batch.naming import mode_folder, parse_modes
 from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, load_prompts, resolve_prompts_file
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
 from genmo_teacache.batch.state import format_summary, read_logs, summarize
 from genmo_teacache.batch.sweep import sweep_options
 from genmo_teacache.caches import syntax
-from genmo_teacache.options import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
+from genmo_teacache.cliutils import compose, setup_logging
+from genmo_teacache.options import (
+    apply_model_defaults,
+    generation_options,
+    pipeline_kwargs,
+    resolve_model_dir,
+    settings_from_options,
+)
 from genmo_teacache.parallel import check_ray_address
 from genmo_teacache.video import OutputPathError, check_output_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODES = "baseline,fixed_0.04,fixed_0.12,adaptive_0.12_0.04"
+# The vbench_eval/ scripts: the reference workflow's folders, layout and mode names (docs/BATCH.md).
+REFERENCE_MODES = "mochi_baseline,mochi_fixed_0.04,mochi_fixed_0.12,mochi_adaptive_0.12_0.04"
+REFERENCE_BATCH = {"output_dir": "vbench_eval/videos", "layout": REFERENCE.name, "modes": REFERENCE_MODES}
+REFERENCE_SWEEP = {"output_dir": "vbench_eval/videos_threshold_experiment", "layout": REFERENCE.name}
 
 calibration_option = click.option(
     "--calibration", "--teacache_coefficients", "--mag_ratios", "calibration",
@@ -44,17 +64,34 @@ def _generation_option_names() -> frozenset[str]:
 GENERATION_OPTIONS = _generation_option_names()
 
 
-def setup_logging(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("genmo_teacache").setLevel(level)
+def split_options(ctx: click.Context, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generation options, the rest), with the tiny demo model where no ``--model_dir`` is given (as ``generate``)
+    and the model's generation defaults applied. The weights folder is checked here, before anything runs or is
+    written (a dry run included): a usage error names it."""
+    from genmo_teacache.weights import WeightsError, check_model_dir
 
-
-def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(generation options, the rest)."""
+    kwargs = resolve_model_dir(kwargs)
+    try:
+        check_model_dir(kwargs["model_dir"], text_encoder_dir=kwargs.get("text_encoder_dir"),
+                        lora_path=kwargs.get("lora_path"))
+    except WeightsError as e:
+        raise click.BadParameter(str(e), param_hint="--model_dir") from None
+    kwargs = apply_model_defaults(ctx, kwargs)
     gen = {k: v for k, v in kwargs.items() if k in GENERATION_OPTIONS}
     return gen, {k: v for k, v in kwargs.items() if k not in GENERATION_OPTIONS}
+
+
+def check_shares(o: dict[str, Any]) -> None:
+    """``--gpu-id`` / ``--total-gpus`` / ``--ray`` of ``batch`` and ``sweep``: a share that exists, a split by hand
+    that says which share this process runs (a dry run may show them all), never with Ray."""
+    if o["gpu_id"] is not None and o["gpu_id"] >= o["total_gpus"]:
+        raise click.BadParameter(f"--gpu-id {o['gpu_id']} needs --total-gpus > {o['gpu_id']}", param_hint="--gpu-id")
+    if o["total_gpus"] > 1 and o["gpu_id"] is None and not o["dry_run"]:
+        raise click.BadParameter("--total-gpus > 1 needs --gpu-id (which share this process runs)",
+                                 param_hint="--gpu-id")
+    if o["use_ray"] and o["total_gpus"] > 1:
+        raise click.UsageError("--ray schedules jobs over the whole cluster: do not combine it with --gpu-id / "
+                               "--total-gpus (a split by hand)")
 
 
 def gpus_per_worker(gen: dict[str, Any], o: dict[str, Any]) -> int:
@@ -80,26 +117,23 @@ def is_cpu(gen: dict[str, Any]) -> bool:
     return str(gen.get("device") or "auto").startswith("cpu")
 
 
-def _compose(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def apply(f: Any) -> Any:
-        for d in reversed(decorators):
-            f = d(f)
-        return f
-
-    return apply
-
-
 def prompt_options(default_output: str) -> Callable[[Any], Any]:
-    return _compose(
+    return compose(
         click.option("--prompts-file", "--prompts_file", "prompts_file", default=DEFAULT_PROMPTS_FILE,
                      show_default=True,
                      help="VBench full-info JSON (list of {prompt_en, dimension, ...}) or a text file, one prompt a "
                           "line."),
         click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(file_okay=False),
                      default=default_output, show_default=True,
-                     help="Root of videos/<mode>/, reports/<mode>/, logs/ and prompt_names.json."),
-        click.option("--generation-seed", "--generation_seed", "generation_seed", type=int, default=0,
-                     show_default=True, help="Seed of sample 0; sample i uses seed + i, the same in every mode."),
+                     help="Root of the outputs: videos/<mode>/, reports/<mode>/, logs/ and prompt_names.json "
+                          "(--layout batch), or <mode>/ and generation_log_*.json (--layout reference)."),
+        click.option("--layout", type=click.Choice(sorted(LAYOUTS)), default=BATCH.name, show_default=True,
+                     help="Folders under --output-dir: batch (videos/, reports/, logs/), or reference, the reference "
+                          "workflow's (<mode>/ and generation_log_*.json in --output-dir itself; the vbench_eval/ "
+                          "scripts' default). Readers (evaluate, compare-videos) accept both."),
+        click.option("--generation-seed", "--generation_seed", "generation_seed", type=click.IntRange(0, SEED_MAX),
+                     default=0, show_default=True,
+                     help="Seed of sample 0; sample i uses seed + i, the same in every mode."),
         click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
                      help="Print the job table (cost, share, status) and exit; writes nothing."),
         click.option("--background-write/--no-background-write", "background_write", default=True,
@@ -111,7 +145,7 @@ def prompt_options(default_output: str) -> Callable[[Any], Any]:
 
 
 def ray_options(f: Any) -> Any:
-    return _compose(
+    return compose(
         click.option("--ray", "use_ray", is_flag=True,
                      help="Run on Ray workers: one per GPU (or per --gpus-per-worker GPUs; per --num-workers CPU "
                           "slots with --device cpu), a shared longest-first queue, dead workers' jobs retried. "
@@ -178,8 +212,10 @@ def report_result(plan: BatchPlan, result: BatchResult, modes: list[str]) -> Non
 def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str | list[str], *,
               num_samples: int, generation_seed: int, start_idx: int, end_idx: int | None, gpu_id: int | None = None,
               total_gpus: int = 1, num_prompts: int | None = None,
-              calibration: str | None = None) -> tuple[BatchPlan, list[str]]:
-    """Validate everything that can be validated without the model; raise click errors naming the bad value."""
+              calibration: str | None = None, layout: str = BATCH.name) -> tuple[BatchPlan, list[str]]:
+    """Validate everything that can be validated without the model; raise click errors naming the bad value. Says
+    on screen (stderr) what of a mode never acts at this step count (a schedule cut, a warm-up covering the run,
+    a CFG cache starting after the last step), as ``generate`` does."""
     prompts = load_prompt_list(prompts_file)
     try:
         modes = parse_modes(modes_text, calibration)
@@ -187,18 +223,29 @@ def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str
         raise click.BadParameter(str(e), param_hint="--modes") from None
     for mode, cache in modes:
         try:
-            cache.check(settings.num_steps, batch_cfg=getattr(settings, "batch_cfg", False))
+            warnings = cache.check(settings.num_steps, batch_cfg=getattr(settings, "batch_cfg", False))
         except ValueError as e:
             raise click.BadParameter(f"mode {mode!r}: {e}", param_hint="--modes") from None
+        for warning in warnings:
+            click.echo(f"warning: mode {mode} at --num_steps {settings.num_steps}: {warning}", err=True)
+    existing = found_layout(output_dir)
+    if existing is not None and existing.name != layout:
+        raise click.BadParameter(f"{output_dir} holds videos in the {existing.name} layout: pass --layout "
+                                 f"{existing.name} to add to them, or another --output-dir", param_hint="--layout")
     try:
         if num_prompts is not None:
             end_idx = start_idx + num_prompts
         selected = select_prompts(prompts, start_idx, end_idx)
-        jobs = build_jobs(selected, modes, num_samples, generation_seed, settings.num_steps)
+        jobs = build_jobs(selected, modes, num_samples, generation_seed, settings.num_steps, LAYOUTS[layout])
     except BatchError as e:
         raise click.ClickException(str(e)) from None
+    late = sorted({j.sample for j in jobs if j.sample >= MAX_SAMPLES})
+    if late:
+        click.echo(f"warning: videos numbered {', '.join(map(str, late))} (their seeds, in the {layout} layout): "
+                   f"VBench's standard mode reads <prompt>-0 .. -{MAX_SAMPLES - 1} only", err=True)
     start, end = selected[0][0], selected[-1][0] + 1
-    return BatchPlan(Path(output_dir), jobs, settings, start, end, gpu_id, total_gpus), [m for m, _ in modes]
+    plan = BatchPlan(Path(output_dir), jobs, settings, start, end, gpu_id, total_gpus)
+    return plan, [mode_folder(m) for m, _ in modes]
 
 
 def print_dry_run(plan: BatchPlan, use_ray: bool) -> None:
@@ -314,22 +361,14 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
     Loads the model once per process (or Ray worker); finished videos are skipped, so re-running the same
     command after a crash completes exactly the missing videos.
     """
-    gen, o = split_options(apply_model_defaults(ctx, kwargs))
-    setup_logging(o["verbose"])
-    if o["gpu_id"] is not None and o["gpu_id"] >= o["total_gpus"]:
-        raise click.BadParameter(f"--gpu-id {o['gpu_id']} needs --total-gpus > {o['gpu_id']}",
-                                 param_hint="--gpu-id")
-    if o["total_gpus"] > 1 and o["gpu_id"] is None and not o["dry_run"]:
-        raise click.BadParameter("--total-gpus > 1 needs --gpu-id (which share this process runs)",
-                                 param_hint="--gpu-id")
-    if o["use_ray"] and o["total_gpus"] > 1:
-        raise click.UsageError("--ray schedules jobs over the whole cluster: do not combine it with --gpu-id / "
-                               "--total-gpus (a split by hand)")
+    setup_logging(kwargs["verbose"])
+    gen, o = split_options(ctx, kwargs)
+    check_shares(o)
     settings = settings_from_options(**gen)
     plan, modes = make_plan(settings, o["prompts_file"], o["output_dir"], o["modes"], num_samples=o["num_samples"],
                             generation_seed=o["generation_seed"], start_idx=o["start_idx"], end_idx=o["end_idx"],
                             gpu_id=o["gpu_id"], total_gpus=o["total_gpus"],
-                            calibration=o["calibration"])
+                            calibration=o["calibration"], layout=o["layout"])
     plan.observe_only = o["delta_temni_plot"]
     result = execute_plan(plan, gen, o)
     if result is None:
@@ -363,8 +402,9 @@ def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     best_config.json / best_modes.txt for the full batch run."""
     from genmo_teacache.batch.sweep import check_sweep_options, default_candidates, parse_candidates, run_sweep
 
-    gen, o = split_options(apply_model_defaults(ctx, kwargs))
-    setup_logging(o["verbose"])
+    setup_logging(kwargs["verbose"])
+    gen, o = split_options(ctx, kwargs)
+    check_shares(o)
     seed = check_sweep_options(o)
     settings = settings_from_options(**gen)
     try:
@@ -376,16 +416,19 @@ def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1, generation_seed=seed,
                         start_idx=o["start_idx"], end_idx=o["end_idx"], gpu_id=o["gpu_id"],
                         total_gpus=o["total_gpus"], num_prompts=None if o["end_idx"] else o["num_prompts"],
-                        calibration=o["calibration"])
+                        calibration=o["calibration"], layout=o["layout"])
     result = execute_plan(plan, gen, o)
     if result is None:
         return
     if result.failed:
-        report_result(plan, result, modes)  # raises
-    run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None, baseline=o["baseline"])
+        report_result(plan, result, [mode_folder(m) for m in modes])  # raises
+    run_sweep(plan, candidates, o["metric"], device="cpu" if is_cpu(gen) else None, baseline=o["baseline"],
+              model_dir=kwargs["model_dir"])
 
 
-def main(command: click.Command = batch_command, prog_name: str | None = None) -> None:
-    """Entry point of the vbench_eval scripts."""
-    command.main(prog_name=prog_name or Path(sys.argv[0]).name)
+def main(command: click.Command = batch_command, defaults: dict[str, Any] | None = None,
+         prog_name: str | None = None) -> None:
+    """Entry point of the vbench_eval scripts; ``defaults``: option defaults of the script (e.g. the reference
+    layout, :data:`REFERENCE_BATCH`)."""
+    command.main(prog_name=prog_name or Path(sys.argv[0]).name, default_map=defaults)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from genmo_teacache.batch.fingerprint import job_fingerprint, run_speed
-from genmo_teacache.batch.jobs import LOGS, Job, job_speed
+from genmo_teacache.batch.jobs import Job, job_speed
 from genmo_teacache.batch.state import jsonable
 from genmo_teacache.speed import SpeedOptions
 from genmo_teacache.video import atomic_path, encode_video, file_identity, write_json
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 CRASH_JOB_ENV = "GENMO_TEACACHE_TEST_CRASH_JOB"
 CRASH_MARKER_ENV = "GENMO_TEACACHE_TEST_CRASH_MARKER"
 TIMING_KEYS = ("text_encoding_s", "denoising_s", "decoding_s", "total_s")
-DELTA_TEMNI = "delta_temni"  # logs/delta_temni/<mode>/<stem>-<i>_delta_TEMNI.txt (+ _plot.png)
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
@@ -129,8 +128,9 @@ class JobOptions:
 
 def delta_temni_base(root: str | Path, job: Job) -> Path:
     """The path whose stem the job's delta-TEMNI files take (``generate.write_delta_temni`` adds the suffixes):
-    ``logs/delta_temni/<mode>/<stem>-<i>``, where ``genmo-teacache evaluate`` finds them (one plot per mode)."""
-    return Path(root) / LOGS / DELTA_TEMNI / job.mode / f"{job.stem}-{job.sample}.mp4"
+    ``logs/delta_temni/<mode>/<stem>-<i>`` in the batch layout, where ``genmo-teacache evaluate`` finds them (one
+    plot per mode)."""
+    return Path(root) / job.layout.trace_relpath(job.mode, f"{job.stem}-{job.sample}")
 
 
 def maybe_crash(job: Job, phase: str = "") -> None:

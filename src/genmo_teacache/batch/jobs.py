@@ -1,11 +1,7 @@
 """Jobs (prompt x mode x sample), where their files go, what they cost, and how they are split.
 
-Output layout under ``<output-dir>``::
-
-    videos/<mode>/<prompt stem>-<i>.mp4      videos only (VBench reads the suffix off the first listed file)
-    reports/<mode>/<prompt stem>-<i>.json    per-video sidecar: job, settings, generation report, log entry
-    logs/generation_log_<start>-<end>[_gpu<k>of<n>].json   {"runs": [...]}: one entry per finished job
-    prompt_names.json                        {file stem: prompt} for prompts mapped to safe names
+Where a job's files go under ``<output-dir>`` is the job's :class:`~genmo_teacache.batch.layout.Layout` (the batch's
+own, or the reference workflow's for the ``vbench_eval/`` scripts).
 
 Sample ``i`` of every prompt uses seed ``generation_seed + i`` in every mode, so modes are compared on the same
 noise.
@@ -26,19 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.batch.naming import prompt_stem
+from genmo_teacache.batch.layout import BATCH, Layout
+from genmo_teacache.batch.naming import prompt_stem, split_folder
 from genmo_teacache.batch.prompts import PromptEntry
 from genmo_teacache.caches import CacheConfig, parse_mode
 from genmo_teacache.speed import SpeedOptions, split_mode
 
 MAX_SAMPLES = 5  # VBench's standard mode reads samples 0-4
+SEED_MAX = 2**32 - 1  # upstream's sample_model seeds numpy, whose seeds are 0 .. 2**32 - 1
 FIXED_COST_SHARE = 0.05  # text encoding + decoding, as a share of a baseline video
-
-VIDEOS = "videos"
-REPORTS = "reports"
-LOGS = "logs"
-PROMPT_NAMES = "prompt_names.json"
-VIDEO_SUFFIX = ".mp4"
 
 
 class BatchError(Exception):
@@ -60,33 +52,40 @@ class Job:
     prompt_index: int  # index of the prompt in the prompt list
     prompt: str
     stem: str  # file stem of the prompt (the prompt itself unless unsafe)
-    mode: str  # as the user wrote it (with its @SPEED, if any): the folder name
-    sample: int
+    mode: str  # the folder name: the mode as the user wrote it (with its @SPEED, if any), or FOLDER of FOLDER=MODE
+    sample: int  # the video's number in its file name: 0, 1, ... (its seed in a layout that names videos by seed)
     seed: int
     cost: float
     # the resolved config (with a calibrated polynomial or MagCache ratios, which the mode name does not carry)
     config: CacheConfig | None = field(default=None, compare=False, repr=False)
+    spec: str = ""  # MODE of FOLDER=MODE (the mode that runs, where the folder is named otherwise)
+    layout: Layout = field(default=BATCH, compare=False, repr=False)
 
     @property
     def id(self) -> str:
         return f"{self.mode}/{self.stem}-{self.sample}"
 
     @property
+    def as_written(self) -> str:
+        """The mode as given to ``--modes`` (``FOLDER=MODE`` where the folder is named otherwise)."""
+        return f"{self.mode}={self.spec}" if self.spec else self.mode
+
+    @property
     def cache(self) -> CacheConfig:
-        return self.config if self.config is not None else parse_mode(split_mode(self.mode)[0])
+        return self.config if self.config is not None else parse_mode(split_mode(self.spec or self.mode)[0])
 
     @property
     def speed(self) -> SpeedOptions | None:
         """The speed options of the mode's ``@SPEED`` suffix; None: the run's apply."""
-        return split_mode(self.mode)[1]
+        return split_mode(self.spec or self.mode)[1]
 
     @property
     def video_relpath(self) -> str:
-        return f"{VIDEOS}/{self.mode}/{self.stem}-{self.sample}{VIDEO_SUFFIX}"
+        return self.layout.video_relpath(self.mode, f"{self.stem}-{self.sample}")
 
     @property
     def report_relpath(self) -> str:
-        return f"{REPORTS}/{self.mode}/{self.stem}-{self.sample}.json"
+        return self.layout.report_relpath(self.mode, f"{self.stem}-{self.sample}")
 
     def video_path(self, root: str | Path) -> Path:
         return Path(root) / self.video_relpath
@@ -97,6 +96,7 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["config"] = self.cache.to_dict()  # the resolved config, in its JSON form
+        d["layout"] = self.layout.name
         d["id"] = self.id
         return d
 
@@ -134,11 +134,15 @@ def select_prompts(prompts: list[PromptEntry], start_idx: int = 0,
 
 
 def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, CacheConfig]], num_samples: int,
-               generation_seed: int, num_steps: int) -> list[Job]:
-    """Every (prompt, mode, sample) job. Checks that every mode's schedule fits ``num_steps`` and that no two
-    prompts share a file stem; raises BatchError naming the mode or prompts otherwise."""
+               generation_seed: int, num_steps: int, layout: Layout = BATCH) -> list[Job]:
+    """Every (prompt, mode, sample) job (``modes`` as :func:`~genmo_teacache.batch.naming.parse_modes` returns
+    them), its files in ``layout``. Checks that every mode's schedule fits ``num_steps`` and that no two prompts
+    share a file stem; raises BatchError naming the mode or prompts otherwise."""
     if not 1 <= num_samples <= MAX_SAMPLES:
         raise BatchError(f"--num-samples {num_samples}: use 1 to {MAX_SAMPLES} (VBench reads samples 0-4)")
+    if not 0 <= generation_seed <= SEED_MAX - (num_samples - 1):
+        raise BatchError(f"seed {generation_seed} with {num_samples} sample(s): seeds must lie in 0 .. {SEED_MAX} "
+                         "(numpy's range, which upstream's sampler seeds): use a smaller --generation-seed")
     costs: dict[str, float] = {}
     for mode, cache in modes:
         try:
@@ -152,9 +156,11 @@ def build_jobs(prompts: list[tuple[int, PromptEntry]], modes: list[tuple[str, Ca
         if stems.setdefault(stem, entry.text) != entry.text:
             raise BatchError(f"prompts {stems[stem]!r} and {entry.text!r} map to the same file name {stem!r}")
         for mode, cache in modes:
-            for sample in range(num_samples):
-                jobs.append(Job(len(jobs), prompt_index, entry.text, stem, mode, sample, generation_seed + sample,
-                                costs[mode], cache))
+            folder, spec = split_folder(mode)
+            for i in range(num_samples):
+                seed = generation_seed + i
+                jobs.append(Job(len(jobs), prompt_index, entry.text, stem, folder, seed if layout.by_seed else i,
+                                seed, costs[mode], cache, spec, layout))
     return jobs
 
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 MAX_STEM_BYTES = 200
 HASH_CHARS = 10
+FOLDER_SEPARATOR = "="  # FOLDER=MODE: the mode's videos go to FOLDER (the reference's mochi_adaptive_c1, ...)
 _UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -47,6 +48,16 @@ def prompt_stem(prompt: str) -> str:
     return f"{clean or 'prompt'}~{digest}"
 
 
+def split_folder(mode: str) -> tuple[str, str]:
+    """``"FOLDER=MODE"`` -> (FOLDER, MODE); a plain mode -> (mode, "") (its folder is its name)."""
+    folder, sep, spec = mode.partition(FOLDER_SEPARATOR)
+    return (folder.strip(), spec.strip()) if sep else (mode, "")
+
+
+def mode_folder(mode: str) -> str:
+    return split_folder(mode)[0]
+
+
 def parse_modes(text: str | list[str] | tuple[str, ...],
                 calibration: str | None = None) -> list[tuple[str, CacheConfig]]:
     """``"baseline,fixed_0.04"`` -> [(mode as written, its CacheConfig), ...] in the order given.
@@ -54,20 +65,26 @@ def parse_modes(text: str | list[str] | tuple[str, ...],
     A mode is any name :func:`genmo_teacache.caches.parse_mode` accepts (``mochi_`` prefixes included), optionally
     with speed options after ``@`` (``fixed_0.04@fast``, ``baseline@bf16+compile``: see
     :func:`genmo_teacache.speed.split_mode`), which replace the run's own for that mode; its folder keeps the name
-    as written. Raises ValueError naming the bad mode; a mode given twice is kept once.
+    as written, or is FOLDER for ``FOLDER=MODE`` (:func:`split_folder`). Raises ValueError naming the bad mode; a
+    mode given twice is kept once, a folder given to two modes is an error.
     """
     items = text.split(",") if isinstance(text, str) else list(text)
     modes: list[tuple[str, CacheConfig]] = []
     seen: set[str] = set()
+    folders: dict[str, str] = {}
     for raw in items:
         mode = raw.strip()
         if not mode or mode in seen:
             continue
-        if not stem_is_safe(mode):
-            raise ValueError(f"mode {mode!r} cannot be a folder name (no slashes, control characters, leading dot)")
-        base, speed = split_mode(mode)
+        folder, spec = split_folder(mode)
+        if not stem_is_safe(folder):
+            raise ValueError(f"mode {mode!r}: {folder!r} cannot be a folder name (no slashes, control characters, "
+                             "leading dot)")
+        if folders.setdefault(folder, mode) != mode:
+            raise ValueError(f"modes {folders[folder]!r} and {mode!r} would share the folder {folder!r}")
+        base, speed = split_mode(spec or mode)
         cache = parse_mode(base, calibration)
-        same = [m for m, c in modes if c == cache and split_mode(m)[1] == speed]
+        same = [m for m, c in modes if c == cache and split_mode(split_folder(m)[1] or m)[1] == speed]
         if same:
             logger.warning("modes %r and %r are the same cache config (%s): both are generated, in their own folders",
                            same[0], mode, cache.name)

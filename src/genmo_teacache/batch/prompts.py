@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from genmo_teacache.cachedir import cache_dir
+from genmo_teacache.cliutils import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def write_vbench_subset(path: str | os.PathLike, cache: str | os.PathLike | None
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(plain=True)
     out = write_vbench_subset(args[0] if args else repo_root() / DEFAULT_PROMPTS_FILE)
     print(f"wrote {out}")
 

@@ -47,6 +47,7 @@ from genmo_teacache.batch.execute import (
 from genmo_teacache.batch.jobs import BatchError, Job, longest_first
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, Session, prepare, progress_bar
 from genmo_teacache.batch.state import clean_stale_tmp
+from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.parallel import check_ray_address
 from genmo_teacache.speed import SpeedOptions
 
@@ -58,7 +59,7 @@ class BatchWorker:
 
     def __init__(self, name: str, spec: PipelineSpec, opts: JobOptions, log_level: int = logging.INFO,
                  speed: SpeedOptions | None = None):
-        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging(log_level <= logging.DEBUG)
         self.name, self.opts = name, opts
         self.writer = JobWriter(opts)
         self.pipes = PipelineHolder(spec)

@@ -22,7 +22,8 @@ from genmo_teacache.batch.execute import (
     generate_job,
     settings_dict,
 )
-from genmo_teacache.batch.jobs import LOGS, BatchError, Job, by_speed, log_name, share_of, speed_groups
+from genmo_teacache.batch.jobs import BatchError, Job, by_speed, log_name, share_of, speed_groups
+from genmo_teacache.batch.layout import Layout
 from genmo_teacache.batch.locks import FileLock, JobLocks, job_set_lock
 from genmo_teacache.batch.state import GenerationLog, clean_stale_tmp, finished_entries, record_prompt_names
 from genmo_teacache.speed import SpeedOptions
@@ -60,8 +61,13 @@ class BatchPlan:
         return [j for j in self.all_jobs if self.shares[j.index] == self.gpu_id]
 
     @property
+    def layout(self) -> Layout:
+        """Where the outputs go (every job of a plan has the same layout)."""
+        return self.all_jobs[0].layout
+
+    @property
     def log_path(self) -> Path:
-        return self.root / LOGS / log_name(self.start_idx, self.end_idx, self.gpu_id, self.total_gpus)
+        return self.layout.logs_dir(self.root) / log_name(self.start_idx, self.end_idx, self.gpu_id, self.total_gpus)
 
     @property
     def settings_dict(self) -> dict[str, Any]:
@@ -276,7 +282,8 @@ def format_job_table(plan: BatchPlan, done: set[int] | None = None, order: list[
     for j in jobs:
         share = str(plan.shares.get(j.index, "")) if split else "-"
         status = "done" if j.index in done else ("todo" if j.index in mine else "other")
-        lines.append(f"{j.index:>5} {share:>5} {j.cost:>6.3f} {status:>7} {j.seed:>6}  {j.mode:<28} {j.video_relpath}")
+        lines.append(f"{j.index:>5} {share:>5} {j.cost:>6.3f} {status:>7} {j.seed:>6}  {j.as_written:<28} "
+                     f"{j.video_relpath}")
     lines.append("")
     if split:
         for k in range(plan.total_gpus):

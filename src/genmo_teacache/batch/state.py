@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from genmo_teacache.batch.fingerprint import differences, job_fingerprint
-from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
+from genmo_teacache.batch.jobs import BatchError, Job
+from genmo_teacache.batch.layout import LAYOUTS, LOG_GLOB, PROMPT_NAMES
 from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
 from genmo_teacache.speed import MODE_SEPARATOR
@@ -138,9 +139,8 @@ def finished_entries(jobs: Iterable[Job], root: Path, settings: dict[str, Any],
     if conflicts:
         fields = sorted({p.split(" ")[0] for _, problem in conflicts for p in problem})
         job, problem = conflicts[0]
-        modes = sorted({j.mode for j, _ in conflicts})
         more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-        folders = ", ".join(f"{VIDEOS}/{m}/ and {REPORTS}/{m}/" for m in modes)
+        folders = ", ".join(sorted({j.layout.mode_folders(j.mode) for j, _ in conflicts}))
         raise BatchError(
             f"{len(conflicts)} finished video(s) in {root} were generated with other settings or weights "
             f"(differing: {', '.join(fields)}), e.g. {job.video_relpath}: {'; '.join(problem)}{more}. Resuming "
@@ -172,13 +172,14 @@ def clean_stale_tmp(jobs: Iterable[Job], root: Path, log_path: Path | None = Non
 
     Only files that belong to the given jobs are touched: other processes may be writing their own.
     """
-    by_mode: dict[str, set[str]] = {}
+    folders: dict[tuple[Path, str], set[str]] = {}
     for job in jobs:
-        by_mode.setdefault(job.mode, set()).add(f"{job.stem}-{job.sample}")
+        for relpath in (job.video_relpath, job.report_relpath):
+            path = root / relpath
+            folders.setdefault((path.parent, path.suffix), set()).add(path.stem)
     removed: list[Path] = []
-    for mode, stems in by_mode.items():
-        _remove_tmp(root / VIDEOS / mode, ".mp4", stems, removed)
-        _remove_tmp(root / REPORTS / mode, ".json", stems, removed)
+    for (folder, suffix), stems in folders.items():
+        _remove_tmp(folder, suffix, stems, removed)
     if log_path is not None:
         _remove_tmp(log_path.parent, ".json", {log_path.stem}, removed)
     # prompt_names.json is shared by every process on this output dir: only an old temporary copy is stale
@@ -213,9 +214,9 @@ def _run_key(run: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class GenerationLog:
-    """``logs/generation_log_<start>-<end>[...].json``: ``{"runs": [entry, ...], ...}``, one entry per finished
-    job of this job set, in job order, then the entries of other jobs (other modes) that the file held before,
-    as they were; rewritten atomically after every change."""
+    """``generation_log_<start>-<end>[...].json`` (in ``logs/`` of the batch layout): ``{"runs": [entry, ...],
+    ...}``, one entry per finished job of this job set, in job order, then the entries of other jobs (other modes)
+    that the file held before, as they were; rewritten atomically after every change."""
 
     def __init__(self, path: Path, jobs: list[Job], meta: dict[str, Any] | None = None):
         self.path = path
@@ -244,10 +245,11 @@ class GenerationLog:
 
 
 def read_logs(root: Path) -> list[dict[str, Any]]:
-    """Every run of every ``logs/generation_log_*.json`` under ``root``, one per (mode, prompt, sample): a job
-    logged by several overlapping invocations counts once (the most recently written file wins)."""
+    """Every run of every ``generation_log_*.json`` of ``root`` (in either layout), one per (mode, prompt, sample): a
+    job logged by several overlapping invocations counts once (the most recently written file wins)."""
     runs: dict[tuple[Any, ...], dict[str, Any]] = {}
-    files = sorted((root / LOGS).glob("generation_log_*.json"), key=lambda p: p.stat().st_mtime)
+    folders = dict.fromkeys(layout.logs_dir(root) for layout in LAYOUTS.values())
+    files = sorted((p for folder in folders for p in folder.glob(LOG_GLOB)), key=lambda p: p.stat().st_mtime)
     for path in files:
         data = read_json(path)
         for run in data.get("runs", []) if isinstance(data, dict) else []:

@@ -5,9 +5,11 @@ candidate's method) naming the best candidate by a chosen metric, and one Pareto
 LPIPS with every method in its own colour and marker. Nothing here knows a method by name: the method of a mode
 comes from the registry (:func:`genmo_teacache.caches.method_key`).
 
-Outputs under ``<output-dir>``: the batch layout (videos/<mode>/, reports/, logs/; the baseline's folder is
-``mochi_baseline`` and the default candidates' ``mochi_adaptive_<high>_<low>[_h<n>]``, as in the reference
-experiment, so that its fidelity and compare commands take ``--video-dir <output-dir>`` as they are), ``fidelity/``
+Outputs under ``<output-dir>``: the batch's files in its ``--layout`` (the reference's for
+``vbench_eval/run_adaptive_threshold_experiment.py``: ``vbench_eval/videos_threshold_experiment/<mode>/``); the
+baseline's folder is ``mochi_baseline`` and the default candidates' ``mochi_adaptive_c1`` .. ``c4``, as in the
+reference experiment, so that its fidelity and compare commands take ``--video-dir <output-dir>`` as they are),
+``fidelity/``
 (the fidelity module's files), ``sweep_results.csv`` / ``sweep_results.md``, ``sweep_pareto.png``, and the chosen
 candidate in
 ``best_config.json`` and ``best_modes.txt`` (the ``--modes`` value of the full batch run: baseline and best).
@@ -27,6 +29,8 @@ from typing import Any
 
 import click
 
+from genmo_teacache.batch.jobs import SEED_MAX
+from genmo_teacache.batch.naming import FOLDER_SEPARATOR, mode_folder, split_folder
 from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_logs, summarize
 from genmo_teacache.caches import is_baseline, method_key, parse_mode
@@ -56,12 +60,12 @@ COLUMNS = ("label", "mode", "method", "speedup", "denoising_speedup", "computed_
 
 
 def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tuple[str, str]]:
-    """The reference c1-c4 as (label, mode name); the high phase lasts ``high_steps`` steps (default 34 of 64,
-    scaled to ``num_steps``)."""
+    """The reference c1-c4 as (label, ``FOLDER=MODE``): their folders are the reference's ``mochi_adaptive_c1`` ..
+    ``c4``; the high phase lasts ``high_steps`` steps (default 34 of 64, scaled to ``num_steps``)."""
     if high_steps is None:
         high_steps = max(1, DEFAULT_HIGH_STEPS * num_steps // REFERENCE_STEPS)
-    return [(label, PREFIX + TeaCache.two_phase(high, low, high_steps).name)
-            for label, high, low in REFERENCE_CANDIDATES]
+    return [(label, f"{PREFIX}adaptive_{label}{FOLDER_SEPARATOR}{PREFIX}"
+                    f"{TeaCache.two_phase(high, low, high_steps).name}") for label, high, low in REFERENCE_CANDIDATES]
 
 
 def parse_candidates(text: str, calibration: str | Path | None = None) -> list[tuple[str, str]]:
@@ -93,15 +97,16 @@ def fidelity_available() -> bool:
         return False
 
 
-def compute_fidelity(root: Path, modes: list[str], device: str | None, baseline: str = BASELINE
+def compute_fidelity(plan: BatchPlan, modes: list[str], device: str | None, baseline: str = BASELINE
                      ) -> tuple[dict[str, Any], str | None]:
-    """({mode: fidelity summary}, why it is missing or None). Pairs measured before on the same videos are reused."""
+    """({mode folder: fidelity summary}, why it is missing or None). Pairs measured before on the same videos are
+    reused."""
     if not fidelity_available():
         return {}, f"{FIDELITY_MODULE} is not installed: no PSNR / SSIM / LPIPS"
     fidelity = importlib.import_module(FIDELITY_MODULE)
     try:
-        results = fidelity.run_fidelity(root / "videos", baseline, modes, root / "fidelity",
-                                        device=device or "auto")
+        results = fidelity.run_fidelity(plan.layout.videos_dir(plan.root), baseline, [mode_folder(m) for m in modes],
+                                        plan.root / "fidelity", device=device or "auto")
     except Exception as e:  # e.g. LPIPS weights that cannot be fetched: keep the speedup table
         logger.exception("fidelity failed")
         return {}, f"fidelity failed: {type(e).__name__}: {e}"
@@ -116,17 +121,20 @@ def _mean(result: dict[str, Any] | None, metric: str) -> float:
 
 def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
                fidelity: dict[str, Any], baseline: str = BASELINE) -> list[dict[str, Any]]:
-    """One row per candidate (baseline first, labelled ``baseline``) from log runs and fidelity results."""
-    timing = {r["mode"]: r for r in summarize(runs, [baseline] + [m for _, m in candidates], baseline=baseline)}
+    """One row per candidate (baseline first, labelled ``baseline``) from log runs and fidelity results (both by
+    the candidate's folder: its mode, or FOLDER of ``FOLDER=MODE``)."""
+    folders = [baseline] + [mode_folder(m) for _, m in candidates]
+    timing = {r["mode"]: r for r in summarize(runs, folders, baseline=baseline)}
     rows = []
     for label, mode in [("baseline", baseline)] + candidates:
-        t = timing.get(mode, {})
+        folder, spec = split_folder(mode)
+        t = timing.get(folder, {})
         rows.append({
-            "label": label, "mode": mode, "method": method_key(mode) or "",
+            "label": label, "mode": mode, "method": method_key(spec or mode) or "",
             "speedup": t.get("speedup", math.nan), "denoising_speedup": t.get("denoising_speedup", math.nan),
             "computed_fraction": t.get("computed_fraction", math.nan),
             "latency_s": t.get("latency_s", math.nan), "videos": t.get("videos", 0),
-            **{m: _mean(fidelity.get(mode), m) for m in ("psnr", "ssim", "lpips")},
+            **{m: _mean(fidelity.get(folder), m) for m in ("psnr", "ssim", "lpips")},
         })
     return rows
 
@@ -169,22 +177,24 @@ def to_markdown(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | 
     return "\n".join(lines) + "\n"
 
 
-def write_best(root: Path, rows: list[dict[str, Any]], metric: str, settings: Any) -> Path | None:
+def write_best(root: Path, rows: list[dict[str, Any]], metric: str, settings: Any,
+               model_dir: str | None = None) -> Path | None:
     """``best_config.json`` (the best candidate, its numbers, and the ``--modes`` value of a full batch run with it:
-    baseline and best) and ``best_modes.txt`` (that value alone, for ``--modes "$(cat best_modes.txt)"``). None, and
-    nothing written, when no candidate has a value for ``metric``."""
+    baseline and best, by mode: a folder of its own) and ``best_modes.txt`` (that value alone, for ``--modes "$(cat
+    best_modes.txt)"``); its batch command carries ``model_dir`` where the sweep was given one. None, and nothing
+    written, when no candidate has a value for ``metric``."""
     best = best_row(rows, metric)
     if best is None:
         return None
     baseline = rows[0]["mode"]
-    modes = f"{baseline},{best['mode']}"
+    modes = f"{baseline},{split_folder(best['mode'])[1] or best['mode']}"
     data = {
         "metric": metric, "label": best["label"], "mode": best["mode"], "baseline": baseline,
         **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best.items()
            if k not in ("label", "mode")},
         "num_steps": getattr(settings, "num_steps", None),
         "modes": modes,
-        "batch_command": f"genmo-teacache batch --modes {modes}",
+        "batch_command": batch_command_line(modes, model_dir),
     }
     with atomic_path(root / BEST_CONFIG) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -196,7 +206,7 @@ def write_best(root: Path, rows: list[dict[str, Any]], metric: str, settings: An
 def sweep_options(f: Any) -> Any:
     """The reference mini-experiment's options, besides those the sweep shares with the batch command."""
     for option in reversed([
-        click.option("--seed", type=int, default=None,
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None,
                      help="Seed of the videos (the reference script's name for --generation-seed)."),
         click.option("--start-idx", "--start_idx", "start_idx", type=click.IntRange(min=0), default=0,
                      show_default=True, help="First prompt of the sweep (index into the prompt list)."),
@@ -216,21 +226,14 @@ def sweep_options(f: Any) -> Any:
 
 
 def check_sweep_options(o: dict[str, Any]) -> int:
-    """Validate the options of :func:`sweep_options` (before any model loads); returns the generation seed."""
+    """Validate the options of :func:`sweep_options` (before any model loads; the shares are checked as batch's);
+    returns the generation seed."""
     seed = o["generation_seed"]
     if o["seed"] is not None:
         if seed not in (0, o["seed"]):
             raise click.BadParameter(f"--seed {o['seed']} and --generation-seed {seed} disagree: give one of them",
                                      param_hint="--seed")
         seed = o["seed"]
-    if o["gpu_id"] is not None and o["gpu_id"] >= o["total_gpus"]:
-        raise click.BadParameter(f"--gpu-id {o['gpu_id']} needs --total-gpus > {o['gpu_id']}", param_hint="--gpu-id")
-    if o["total_gpus"] > 1 and o["gpu_id"] is None and not o["dry_run"]:
-        raise click.BadParameter("--total-gpus > 1 needs --gpu-id (which share this process runs)",
-                                 param_hint="--gpu-id")
-    if o["use_ray"] and o["total_gpus"] > 1:
-        raise click.UsageError("--ray schedules jobs over the whole cluster: do not combine it with --gpu-id / "
-                               "--total-gpus (a split by hand)")
     if not is_baseline(o["baseline"]):
         raise click.BadParameter(f"{o['baseline']!r} is not the uncached baseline: use e.g. mochi_baseline",
                                  param_hint="--baseline")
@@ -258,8 +261,14 @@ def plot_rows(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     return plots.plot_pareto(comp, out_png, labels, title="Sweep: speedup against fidelity, every method")
 
 
+def batch_command_line(modes: str, model_dir: str | None = None) -> str:
+    """The full batch run with the chosen modes (on the sweep's weights, where it was given them)."""
+    return "genmo-teacache batch" + (f" --model_dir {model_dir}" if model_dir else "") + f" --modes {modes}"
+
+
 def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
-              device: str | None = None, baseline: str = BASELINE) -> dict[str, Any] | None:
+              device: str | None = None, baseline: str = BASELINE,
+              model_dir: str | None = None) -> dict[str, Any] | None:
     """After generation: fidelity, the table (CSV + Markdown, printed) and the best candidate's files; returns the
     best row (or None). With videos of the sweep still missing (other shares of a split), it only says so."""
     root = plan.root
@@ -271,19 +280,19 @@ def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
         return None
     wanted = {(job.mode, job.prompt, job.sample) for job in plan.all_jobs}
     runs = [r for r in read_logs(root) if (r.get("mode"), r.get("prompt"), r.get("sample", 0)) in wanted]
-    fidelity, note = compute_fidelity(root, [baseline] + [m for _, m in candidates], device, baseline)
+    fidelity, note = compute_fidelity(plan, [baseline] + [m for _, m in candidates], device, baseline)
     rows = sweep_rows(runs, candidates, fidelity, baseline)
     best = best_row(rows, metric)
     markdown = to_markdown(rows, metric, best, note)
     for name, text in (("sweep_results.csv", to_csv(rows)), ("sweep_results.md", markdown)):
         with atomic_path(root / name) as tmp:
             tmp.write_text(text)
-    best_file = write_best(root, rows, metric, plan.settings)
+    best_file = write_best(root, rows, metric, plan.settings, model_dir)
     plot = plot_rows(rows, root / PARETO_PLOT)
     tail = f"\nPareto plot: {plot}" if plot is not None else ""
     if best_file is not None:
         modes = (root / BEST_MODES).read_text().strip()
-        tail += (f"\nBest configuration: {best_file}; full run with it: genmo-teacache batch --modes {modes} "
-                f"(or --modes \"$(cat {root / BEST_MODES})\")")
+        tail += (f"\nBest configuration: {best_file}; full run with it: {batch_command_line(modes, model_dir)} "
+                 f"(or --modes \"$(cat {root / BEST_MODES})\")")
     click.echo("\n" + markdown + f"Tables: {root / 'sweep_results.csv'}, {root / 'sweep_results.md'}" + tail)
     return best

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from genmo_teacache.caches.base import Method, StepRecord
 
+logger = logging.getLogger(__name__)
+
+# The reference workflow's second batch named its baseline mochi_diff_baseline (diffusers' Mochi without TeaCache).
+REFERENCE_ALIAS = "diff_baseline"
+ALIAS_NOTE = ("mode {name!r} is the reference's name of its diffusers baseline; here the baseline is upstream's "
+              "native sampler (bit for bit), as for 'baseline'")
+
 
 @dataclass(frozen=True)
 class Baseline(Method):
     key: ClassVar[str] = "baseline"
-    prefixes: ClassVar[tuple[str, ...]] = ("baseline",)
-    syntax: ClassVar[str] = "baseline"
+    prefixes: ClassVar[tuple[str, ...]] = ("baseline", REFERENCE_ALIAS)
+    syntax: ClassVar[str] = f"baseline (or the reference's {REFERENCE_ALIAS})"
     enabled: ClassVar[bool] = False
 
     @classmethod
     def parse(cls, name: str, calibration: Any = None) -> Baseline:
-        if name != "baseline":
+        if name == REFERENCE_ALIAS:
+            _note_alias(name)
+        elif name != "baseline":
             raise ValueError(f"mode {name!r}: the uncached mode is called baseline")
         return cls()
 
@@ -30,6 +41,11 @@ class Baseline(Method):
 
     def computed_fraction(self, num_steps: int) -> float:
         return 1.0
+
+
+@functools.cache
+def _note_alias(name: str) -> None:
+    logger.warning(ALIAS_NOTE.format(name="mochi_" + name))
 
 
 class NoCachePolicy:

@@ -12,35 +12,14 @@ from pathlib import Path
 
 import click
 
+from genmo_teacache.cliutils import setup_logging, split_values
 from genmo_teacache.eval import scoring
 
 logger = logging.getLogger(__name__)
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
-
-
-def _split(values: Sequence[str] | str | None) -> list[str]:
-    """Comma-separated and/or repeated option values -> list (order kept, duplicates dropped)."""
-    if not values:
-        return []
-    if isinstance(values, str):
-        values = [values]
-    out: list[str] = []
-    for value in values:
-        for item in value.split(","):
-            item = item.strip()
-            if item and item not in out:
-                out.append(item)
-    return out
-
-
 def _dimensions(values: Sequence[str] | str | None) -> list[str]:
-    dims = _split(values) or list(scoring.ALL_DIMENSIONS)
+    dims = split_values(values) or list(scoring.ALL_DIMENSIONS)
     unknown = [d for d in dims if d not in scoring.ALL_DIMENSIONS]
     if unknown:
         raise click.BadParameter(f"unknown dimension(s) {', '.join(unknown)}; choose from: "
@@ -48,17 +27,32 @@ def _dimensions(values: Sequence[str] | str | None) -> list[str]:
     return dims
 
 
-def _videos_dir(path: Path, option: str) -> Path:
-    """The folder of mode folders: ``path`` itself, or ``videos/`` of a batch output folder (see layout)."""
-    from genmo_teacache.eval.layout import find_videos_dir
+def videos_dir_of(path: Path, option: str) -> Path:
+    """The folder of mode folders: ``path`` itself, or that of a batch output folder in either layout (see
+    layout); its ``prompt_names.json``, if any, is checked here, before anything is computed."""
+    from genmo_teacache.eval.layout import PromptNamesError, find_videos_dir, load_prompt_names
 
     try:
-        return find_videos_dir(path)
+        videos = find_videos_dir(path)
+        load_prompt_names(videos)
     except FileNotFoundError as err:
         raise click.BadParameter(str(err), param_hint=option) from err
+    except PromptNamesError as err:
+        raise click.ClickException(str(err)) from None
+    return videos
 
 
-def _list_modes(videos: Path, option: str) -> list[str]:
+def writable_dir(path: Path, option: str) -> Path:
+    """``path`` created if needed and checked to be writable (before anything is computed that would be lost)."""
+    from genmo_teacache.video import OutputPathError, check_output_dir
+
+    try:
+        return check_output_dir(path, option)
+    except OutputPathError as err:
+        raise click.BadParameter(str(err), param_hint=option) from None
+
+
+def list_modes_of(videos: Path, option: str) -> list[str]:
     from genmo_teacache.eval.layout import list_modes
 
     try:
@@ -67,11 +61,12 @@ def _list_modes(videos: Path, option: str) -> list[str]:
         raise click.BadParameter(str(err), param_hint=option) from err
 
 
-def _resolve_modes(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
+def modes_of(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> list[str]:
+    """The modes to compare with ``baseline`` (``--modes``, default every mode folder but the baseline's)."""
     from genmo_teacache.eval.layout import resolve_modes
 
     try:
-        return resolve_modes(videos, baseline, _split(modes))
+        return resolve_modes(videos, baseline, split_values(modes))
     except FileNotFoundError as err:
         raise click.BadParameter(str(err)) from err
 
@@ -114,22 +109,27 @@ def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: li
     return outcomes
 
 
-def _baseline(given: str | None, candidates: Sequence[str], where: str) -> str:
-    """``--baseline``, or the one candidate whose name contains "baseline" (said so); a usage error otherwise."""
+def baseline_of(given: str | None, candidates: Sequence[str], where: str) -> str:
+    """``--baseline``, or the one candidate whose name contains "baseline" (said so); a usage error otherwise. The
+    reference's ``mochi_diff_baseline`` is taken with a note (here the baseline is upstream's native sampler)."""
+    from genmo_teacache.caches.baseline import ALIAS_NOTE, REFERENCE_ALIAS
     from genmo_teacache.eval.layout import pick_baseline
 
-    if given:
-        return given
-    try:
-        found = pick_baseline(candidates, where)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--baseline") from err
-    variants = " without @speed options" if any("@" in m and "baseline" in m.lower() for m in candidates) else ""
-    click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'{variants}; another one: --baseline)")
+    found = given
+    if not found:
+        try:
+            found = pick_baseline(candidates, where)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--baseline") from err
+        variants = " without @speed options" if any("@" in m and "baseline" in m.lower() for m in candidates) else ""
+        click.echo(f"baseline: {found} (the only mode whose name contains 'baseline'{variants}; another one: "
+                   "--baseline)")
+    if REFERENCE_ALIAS in found:
+        click.echo("note: " + ALIAS_NOTE.format(name=found))
     return found
 
 
-def _log_dir(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None, list[str]]:
+def log_dir_of(given: Path | None, defaults: Sequence[Path]) -> tuple[Path | None, list[str]]:
     """(the folder of the generation logs, warnings). A ``--gen-log-dir`` without any log near it is an error (before
     anything runs); without the option, missing logs are a warning at the end (the tables lack latency and
     speedup)."""
@@ -197,7 +197,8 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
 @click.option("--modes", multiple=True,
               help="Modes to evaluate (comma-separated or repeated). Default: every folder but the baseline.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Results folder. Default: results/ beside the videos folder.")
+              help="Results folder (checked before anything is computed). Default: results/ beside the videos "
+                   "folder.")
 @click.option("--full-info", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="VBench_full_info.json. Default: the one inside the vbench wheel.")
 @click.option("--dimensions", multiple=True, help="VBench dimensions (comma-separated or repeated). Default: all 16.")
@@ -216,13 +217,15 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
                      gen_log_dir: Path | None, device: str, overwrite: bool, no_grids: bool, no_report: bool) -> None:
     """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, side-by-side videos
     and report.html, resuming whatever was computed already."""
-    _setup_logging()
+    from genmo_teacache.eval.layout import log_dirs, results_dir
+
+    setup_logging()
     dims = _dimensions(dimensions)
-    videos = _videos_dir(videos, "--videos")
-    baseline = _baseline(baseline, _list_modes(videos, "--videos"), str(videos))
-    compare_modes = _resolve_modes(videos, baseline, modes)
-    out = out if out is not None else videos.parent / "results"
-    log_dir, warnings = _log_dir(gen_log_dir, [videos.parent / "logs"])
+    videos = videos_dir_of(videos, "--videos")
+    baseline = baseline_of(baseline, list_modes_of(videos, "--videos"), str(videos))
+    compare_modes = modes_of(videos, baseline, modes)
+    out = writable_dir(out if out is not None else results_dir(videos), "--out")
+    log_dir, warnings = log_dir_of(gen_log_dir, log_dirs(videos))
     fidelity_dir, scores_dir = out / "fidelity_metrics", out / "vbench_scores"
     click.echo(f"baseline {baseline}; modes: {', '.join(compare_modes) or '(none)'}")
 
@@ -267,10 +270,11 @@ def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ..
     """PSNR / SSIM / LPIPS of every mode against the baseline (TeaCache / PAB protocol)."""
     from genmo_teacache.eval.tables import collect, fidelity_report
 
-    _setup_logging()
-    video_dir = _videos_dir(video_dir, "--video-dir")
-    baseline = _baseline(baseline, _list_modes(video_dir, "--video-dir"), str(video_dir))
-    compare_modes = _resolve_modes(video_dir, baseline, modes)
+    setup_logging()
+    video_dir = videos_dir_of(video_dir, "--video-dir")
+    baseline = baseline_of(baseline, list_modes_of(video_dir, "--video-dir"), str(video_dir))
+    compare_modes = modes_of(video_dir, baseline, modes)
+    writable_dir(save_dir, "--save-dir")
     _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
     click.echo(f"fidelity results: {save_dir}\n")
     click.echo(fidelity_report(collect(compare_modes, baseline, None, save_dir, None)))
@@ -290,15 +294,16 @@ def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ..
 def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full_info: Path | None,
                    dimensions: tuple[str, ...], device: str, overwrite: bool) -> None:
     """VBench on every mode and dimension (in VBench's own environment, created on first use)."""
-    _setup_logging()
+    setup_logging()
     dims = _dimensions(dimensions)
-    video_dir = _videos_dir(video_dir, "--video-dir")
-    existing = _list_modes(video_dir, "--video-dir")
-    chosen = _split(modes) or existing
+    video_dir = videos_dir_of(video_dir, "--video-dir")
+    existing = list_modes_of(video_dir, "--video-dir")
+    chosen = split_values(modes) or existing
     missing = [m for m in chosen if m not in existing]
     if missing:
         raise click.BadParameter(f"mode folder(s) {', '.join(missing)} not in {video_dir}; folders there: "
                                  f"{', '.join(existing) or '(none)'}", param_hint="--modes")
+    writable_dir(save_dir, "--save-dir")
     _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite, False)
     click.echo(f"VBench results: {save_dir}")
 
@@ -324,8 +329,8 @@ def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | No
     """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
     from genmo_teacache.eval.tables import read_fidelity_files
 
-    _setup_logging()
-    chosen = _split(modes)
+    setup_logging()
+    chosen = split_values(modes)
     scored: set[str] = set()
     if scores_dir.is_dir():
         scored = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
@@ -333,10 +338,10 @@ def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | No
     fidelity = read_fidelity_files(fidelity_dir)
     named = scored | set(fidelity) | {str(d["baseline"]) for d in fidelity.values() if d.get("baseline")}
     where = "--modes" if chosen else f"{scores_dir} and {fidelity_dir}"
-    baseline = _baseline(baseline, chosen or sorted(named), where)
+    baseline = baseline_of(baseline, chosen or sorted(named), where)
     if not chosen:  # VBench results, and fidelity results against this baseline
         chosen = sorted((scored | {m for m, d in fidelity.items() if d.get("baseline") == baseline}) - {baseline})
-    log_dir, warnings = _log_dir(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
-                                               scores_dir.parent.parent / "logs"])
+    log_dir, warnings = log_dir_of(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
+                                                 scores_dir.parent.parent / "logs"])
     _compare(baseline, chosen, scores_dir, fidelity_dir, log_dir, output_json.parent, output_json, [log_dir],
              warnings)

@@ -1,8 +1,10 @@
 """The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only.
 
-The batch generator writes ``<output-dir>/videos/<mode>/`` beside ``<output-dir>/logs/`` and
-``<output-dir>/prompt_names.json``; :func:`find_videos_dir` accepts that root (or the folder above it, as in the
-doubled ``vbench_eval/videos/videos/<mode>/`` that ``--output-dir vbench_eval/videos`` makes) as well as the videos
+Both layouts of the batch generator (:mod:`genmo_teacache.batch.layout`) are read: ``genmo-teacache batch`` writes
+``<output-dir>/videos/<mode>/`` beside ``<output-dir>/logs/``; the ``vbench_eval/`` scripts write the reference's
+``<output-dir>/<mode>/`` beside ``<output-dir>/generation_log_*.json``; both write ``<output-dir>/prompt_names.json``.
+:func:`find_videos_dir` accepts either output folder (or the folder above one, as in the doubled
+``vbench_eval/videos/videos/<mode>/`` of a batch run with ``--output-dir vbench_eval/videos``) as well as the videos
 folder itself.
 """
 
@@ -15,13 +17,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from genmo_teacache.batch.layout import BATCH, PROMPT_NAMES, VIDEO_SUFFIX, has_videos
 from genmo_teacache.video import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIX = ".mp4"
-PROMPT_NAMES = "prompt_names.json"
-VIDEOS = "videos"  # the batch generator's videos folder under its --output-dir
+VIDEOS = BATCH.videos  # the batch generator's videos folder under its --output-dir
 MAX_DESCENT = 2  # <root>/videos/videos/<mode>: a batch run with --output-dir <root>/videos
 
 
@@ -61,22 +62,20 @@ def describe_error(err: BaseException) -> str:
 
 
 def list_modes(videos_dir: str | os.PathLike) -> list[str]:
-    """Mode folders of a videos folder (sorted; hidden folders left out)."""
+    """Mode folders of a videos folder: the sub-folders that hold a finished video (sorted; hidden folders left
+    out), so that the other folders of an output folder in the reference layout (a sweep's ``fidelity/``, ...) are
+    never taken for modes."""
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise FileNotFoundError(f"videos folder {videos_dir} does not exist: pass the folder that holds one "
                                 "sub-folder of videos per mode (--videos / --video-dir)")
-    return sorted(p.name for p in videos_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return _mode_folders_with_videos(videos_dir)
 
 
 def _mode_folders_with_videos(folder: Path) -> list[str]:
     """Sub-folders of ``folder`` that hold at least one finished ``.mp4`` (what a mode folder looks like)."""
-    out = []
-    for sub in sorted(folder.iterdir()):
-        if sub.is_dir() and not sub.name.startswith(".") and any(
-                p.suffix == VIDEO_SUFFIX and not p.name.startswith(".") for p in sub.iterdir()):
-            out.append(sub.name)
-    return out
+    return [sub.name for sub in sorted(folder.iterdir())
+            if sub.is_dir() and not sub.name.startswith(".") and has_videos(sub)]
 
 
 def find_videos_dir(path: str | os.PathLike) -> Path:
@@ -109,17 +108,33 @@ def find_videos_dir(path: str | os.PathLike) -> Path:
     return found
 
 
+class PromptNamesError(ValueError):
+    """A ``prompt_names.json`` that cannot be read; the message names the file and the fix."""
+
+
+def prompt_names_path(videos_dir: str | os.PathLike) -> Path | None:
+    """The ``prompt_names.json`` of a videos folder: in it (the reference layout) or beside it (the batch layout)."""
+    videos_dir = Path(videos_dir)
+    return next((p for p in (videos_dir / PROMPT_NAMES, videos_dir.parent / PROMPT_NAMES) if p.is_file()), None)
+
+
 def load_prompt_names(videos_dir: str | os.PathLike) -> dict[str, str]:
     """``{file stem: prompt}`` of the prompts the batch generator could not use verbatim as file names (too long,
-    unsafe characters), from ``prompt_names.json`` beside the videos folder; empty if there is none."""
-    path = Path(videos_dir).parent / PROMPT_NAMES
-    if not path.is_file():
+    unsafe characters), from the videos folder's ``prompt_names.json``; empty if there is none. Raises
+    :class:`PromptNamesError` naming the file if it is not such a JSON object."""
+    path = prompt_names_path(videos_dir)
+    if path is None:
         return {}
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected {{file stem: prompt}}, got {type(data).__name__}")
-    return {str(k): str(v) for k, v in data.items()}
+    fix = ("re-run the batch command on its output folder (it rewrites the file), or delete it if no prompt needed a "
+           "safe file name")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PromptNamesError(f"{path} cannot be read ({type(e).__name__}: {e}): {fix}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise PromptNamesError(f"{path}: expected a JSON object {{file stem: prompt}}, got {type(data).__name__}: "
+                               f"{fix}")
+    return {str(k): v for k, v in data.items()}
 
 
 BASELINE_MARKER = "baseline"
@@ -147,14 +162,36 @@ def resolve_modes(videos_dir: str | os.PathLike, baseline: str, modes: Sequence[
     """Check that the baseline and the requested modes exist; default modes: every folder but the baseline.
     Returns the modes to compare (without the baseline). Errors name the bad value and the folders that exist."""
     existing = list_modes(videos_dir)
+    empty = sorted(p.name for p in Path(videos_dir).iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and p.name not in existing)
     shown = ", ".join(existing) or "(none)"
+    if empty:
+        shown += f"; without a finished video: {', '.join(empty)}"
     if baseline not in existing:
-        raise FileNotFoundError(f"baseline folder {Path(videos_dir) / baseline} does not exist; folders in "
-                                f"{videos_dir}: {shown}. Pass one of them as --baseline.")
+        raise FileNotFoundError(f"baseline folder {Path(videos_dir) / baseline} {_absent(videos_dir, baseline)}; "
+                                f"mode folders in {videos_dir}: {shown}. Pass one of them as --baseline.")
     if not modes:
         return [m for m in existing if m != baseline]
     missing = [m for m in modes if m not in existing]
     if missing:
-        raise FileNotFoundError(f"mode folder(s) {', '.join(missing)} not found in {videos_dir}; folders there: "
-                                f"{shown}. Pass existing ones to --modes (comma-separated) or leave it out for all.")
+        raise FileNotFoundError(f"mode folder(s) {', '.join(missing)} not found in {videos_dir} or without a finished "
+                                f"video; mode folders there: {shown}. Pass existing ones to --modes (comma-separated) "
+                                "or leave it out for all.")
     return [m for m in modes if m != baseline]
+
+
+def _absent(videos_dir: str | os.PathLike, mode: str) -> str:
+    return "has no finished video" if (Path(videos_dir) / mode).is_dir() else "does not exist"
+
+
+def log_dirs(videos_dir: str | os.PathLike) -> list[Path]:
+    """Where the generation logs of a videos folder are: in it (the reference layout) or in ``logs/`` beside it
+    (the batch layout)."""
+    videos_dir = Path(videos_dir)
+    return [videos_dir, videos_dir.parent / BATCH.logs]
+
+
+def results_dir(videos_dir: str | os.PathLike) -> Path:
+    """The default results folder of an evaluation of a videos folder: ``results/`` beside it (``evaluate --out``,
+    where ``compare-videos`` also reads and writes)."""
+    return Path(videos_dir).parent / "results"

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from genmo_teacache.batch.layout import BATCH, LOG_GLOBS
 
-LOG_GLOBS = ("generation_log_*.json", "generation_log.json")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,11 @@ def find_logs(log_dir: str | os.PathLike) -> list[Path]:
 
 def log_dir_candidates(path: str | os.PathLike) -> list[Path]:
     """Where the logs of a batch run may be, given their folder, the batch's ``--output-dir`` or its ``videos/``
-    folder (the reference workflow passes the videos folder): ``path``, ``path/logs``, ``path/../logs``."""
+    folder (the reference workflow passes the videos folder, which holds them in its layout): ``path``,
+    ``path/logs``, ``path/../logs``."""
     path = Path(path)
     out: list[Path] = []
-    for candidate in (path, path / "logs", path.parent / "logs"):
+    for candidate in (path, path / BATCH.logs, path.parent / BATCH.logs):
         if candidate not in out:
             out.append(candidate)
     return out
