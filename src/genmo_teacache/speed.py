@@ -217,18 +217,18 @@ def _module_found(name: str) -> bool:
 
 
 def check_speed_options(options: SpeedOptions, device: torch.device | str) -> None:
-    """Raise :class:`SpeedOptionError` naming the package to install or the device needed, for any option that
-    cannot run here. Call before loading a model."""
+    """Raise :class:`SpeedOptionError` naming the device needed or the package to install (in that order: on a CPU
+    no package helps), for any option that cannot run here. Call before loading a model."""
     device = torch.device(device)
     wanted = [k for k in (options.attention_kernel, "fp8_linear" if options.fp8_linear else None) if k in _PACKAGES]
     for key in wanted:
         module, install = _PACKAGES[key]
         label = "attention_kernel " + key if key != "fp8_linear" else "fp8_linear"
+        if device.type != "cuda":
+            raise SpeedOptionError(f"{label} needs a CUDA GPU ({_WHAT[key]}); the device is {device}: run on a GPU, "
+                                   f"or drop it (e.g. no --speed_preset)")
         if not _module_found(module):
             raise SpeedOptionError(f"{label} needs {_WHAT[key]} ({module} is not installed): {install}")
-        if device.type != "cuda":
-            raise SpeedOptionError(f"{label} runs on CUDA GPUs only ({_WHAT[key]}); the device is {device}: "
-                                   f"drop it or use a GPU")
         major, minor = torch.cuda.get_device_capability(device)
         need = _MIN_CAPABILITY[key]
         if (major, minor) < need or major > _MAX_MAJOR.get(key, 99):

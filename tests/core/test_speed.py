@@ -125,7 +125,10 @@ def test_a_missing_kernel_package_is_named_with_its_install_command(options, mon
     key = options.attention_kernel if options.attention_kernel != "sdpa" else "fp8_linear"
     monkeypatch.setitem(speed._PACKAGES, key, ("genmo_teacache_no_such_module", speed._PACKAGES[key][1]))
     with pytest.raises(SpeedOptionError, match=r"is not installed\): pip install"):
-        check_speed_options(options, "cpu")
+        check_speed_options(options, "cuda:0")  # the package is checked before the GPU is queried
+    with pytest.raises(SpeedOptionError, match="needs a CUDA GPU.*the device is cpu") as e:
+        check_speed_options(options, "cpu")  # on a CPU no package helps: the device is named first
+    assert "pip install" not in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["fa3", "fa3_fp8", "fa4", "sage", "fp8_linear"])
@@ -133,7 +136,7 @@ def test_gpu_only_options_are_refused_on_cpu_even_when_installed(key, monkeypatc
     monkeypatch.setitem(speed._PACKAGES, key, ("json", "-"))  # a module that is always there
     options = SpeedOptions(dit_dtype="bf16", fp8_linear=True) if key == "fp8_linear" else \
         SpeedOptions(attention_kernel=key)
-    with pytest.raises(SpeedOptionError, match="runs on CUDA GPUs only.*the device is cpu"):
+    with pytest.raises(SpeedOptionError, match="needs a CUDA GPU.*the device is cpu"):
         check_speed_options(options, "cpu")
 
 
@@ -148,8 +151,12 @@ def test_the_cli_refuses_a_kernel_before_any_model_loads(tiny_model_dir, monkeyp
     monkeypatch.setitem(speed._PACKAGES, "fa3", ("genmo_teacache_no_such_module", "pip install fa3-fwd"))
     res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--device", "cpu",
                                                 "--prompt", "a cat", "--no_teacache", "--attention_kernel", "fa3"])
-    assert res.exit_code != 0 and "pip install fa3-fwd" in res.output, res.output
+    assert res.exit_code != 0 and "needs a CUDA GPU" in res.output, res.output
     assert "Timing load_dit" not in res.output
+    for preset in ("fast", "fastest"):  # a preset on a CPU: a GPU is needed, not a package
+        res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--device", "cpu",
+                                                    "--prompt", "a cat", "--no_teacache", "--speed_preset", preset])
+        assert res.exit_code != 0 and "needs a CUDA GPU" in res.output and "pip install" not in res.output
     res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--device", "cpu",
                                                 "--prompt", "a cat", "--no_teacache", "--speed_preset", "turbo"])
     assert res.exit_code != 0 and "unknown token 'turbo'" in res.output, res.output
