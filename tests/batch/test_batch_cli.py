@@ -117,3 +117,38 @@ def test_calibration_files_reach_the_jobs(tiny_model_dir, prompts, tmp_path):
     res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts),
                                              "--modes", "mag_0.1", "--output-dir", str(tmp_path / "o"), "--dry-run"])
     assert res.exit_code != 0 and "--calibration" in res.output
+
+
+def test_without_model_dir_batch_and_sweep_run_the_demo_model(demo_cache, prompts, tmp_path, monkeypatch):
+    """As the demo: no --model_dir is the tiny demo model (a dry run included, and the command the sweep prints)."""
+    from genmo_teacache.batch.sweep import batch_command_line
+
+    monkeypatch.setenv("GENMO_TEACACHE_CACHE", str(demo_cache))
+    out = tmp_path / "out"
+    res = invoke(batch_command, "--prompts-file", str(prompts), "--output-dir", str(out), "--modes",
+                 "baseline,fixed_0.1", "--dry-run")
+    assert res.exit_code == 0 and "nothing was written" in res.output
+    res = invoke(sweep_command, "--prompts-file", str(prompts), "--output-dir", str(out), "--dry-run")
+    assert res.exit_code == 0 and "mochi_adaptive_c4" in res.output
+    printed = batch_command_line("mochi_baseline,mochi_adaptive_0.12_0.04_h8").split()
+    assert printed[:2] == ["genmo-teacache", "batch"] and "--model_dir" not in printed
+    res = invoke(batch_command, *printed[2:], "--prompts-file", str(prompts), "--output-dir", str(out), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert not out.exists()
+    # a sweep given weights prints them in its command
+    assert batch_command_line("a,b", "weights/").startswith("genmo-teacache batch --model_dir weights/ --modes a,b")
+
+
+@pytest.mark.parametrize("command", [batch_command, sweep_command])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_missing_weights_folder_is_refused_before_anything_runs(command, dry_run, prompts, tmp_path):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for model_dir, message in ((tmp_path / "weights", "does not exist"), (empty, "has no decoder.safetensors")):
+        res = CliRunner().invoke(command, ["--model_dir", str(model_dir), "--prompts-file", str(prompts),
+                                           "--output-dir", str(out), *dry_run])
+        assert res.exit_code == 2, res.output
+        assert f"--model_dir {model_dir}" in res.output or str(model_dir) in res.output
+        assert message in res.output and "Traceback" not in res.output
+        assert not out.exists()  # nothing left behind
