@@ -17,14 +17,21 @@ needs comes from a replicated copy gathered once after wrapping (151 MB at full 
 
 A rank that raises stops the run: the driver waits on all ranks, and on the first error kills every actor
 (a rank stuck in a collective would otherwise hang) and re-raises; collectives also time out.
+
+The console shows what one process shows: Ray's own messages and the ranks' output are not forwarded (a cluster
+this pipeline starts logs errors only), and rank 0's progress bar is drawn by the driver (its text is relayed
+through a Ray queue), so that nothing of a rank prints after the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import logging
 import os
 import socket
+import sys
 from functools import partial
 from typing import Any
 
@@ -48,6 +55,29 @@ log = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = int(os.environ.get("GENMO_TEACACHE_COLLECTIVE_TIMEOUT_S", "600"))
 RANK_START_TIMEOUT_S = int(os.environ.get("GENMO_TEACACHE_RANK_START_TIMEOUT_S", "300"))
+CONSOLE_POLL_S = 0.2  # how often the driver draws rank 0's progress while it waits
+
+
+class _Relay(io.TextIOBase):
+    """A rank's stderr that sends its text to the driver's console queue (rank 0's progress bar)."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+
+    def write(self, text: str) -> int:
+        if text:
+            self.queue.put_nowait(text)
+        return len(text)
+
+
+def _drain(queue: Any) -> None:
+    """Print what the ranks sent to the driver's console (stderr, as a progress bar of one process)."""
+    if queue is None:
+        return
+    size = queue.qsize()
+    if size:
+        sys.stderr.write("".join(queue.get_nowait_batch(size)))
+        sys.stderr.flush()
 
 
 def _free_port() -> int:
@@ -131,14 +161,18 @@ class RankContext:
         policy = partial(up.transformer_auto_wrap_policy, transformer_layer_cls={T5Block})
         return fsdp_wrap(model, self.device, policy).eval()
 
-    def generate(self, *, progress: bool, **kwargs: Any) -> dict[str, Any]:
+    def generate(self, *, progress: bool, console: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """One video on this rank's models; ``console``: the driver's queue that rank 0's progress bar is drawn
+        through (None: no progress bar on this rank)."""
         # the single-device pipeline's generate, on this rank's models (same timing and decoding code)
         pipe = TeaCacheSingleGPUPipeline.__new__(TeaCacheSingleGPUPipeline)
         pipe.device, pipe.cpu_offload, pipe.decode_type, pipe.decode_args = self.device, False, "full", {}
         pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
                                                                      self.decoder)
-        with progress_bar(type="ray_tqdm" if progress else "none", enabled=progress and self.rank == 0):
-            out = pipe.generate(progress=progress and self.rank == 0, branch_group=self.branch_group, **kwargs)
+        shown = progress and console is not None
+        relay = contextlib.redirect_stderr(_Relay(console)) if shown else contextlib.nullcontext()
+        with relay, progress_bar(type="tqdm" if shown else "none", enabled=shown):
+            out = pipe.generate(progress=shown, branch_group=self.branch_group, **kwargs)
         return {"out": out if self.rank == 0 else None, "rank": self.rank,
                 "decisions": [r.computed for r in out.report.steps], "raws": [r.raw for r in out.report.steps],
                 "branches": [r.branches for r in out.report.steps]}
@@ -173,7 +207,7 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
         if self._started_ray:
             check_ray_address(ray_address)  # ray.init would retry forever where nothing listens
             env = {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TORCH_", "NVSHMEM_"))}
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=True,
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env={"env_vars": env} if env else None,
                      **({"num_cpus": world_size} if device_type == "cpu" and ray_address is None else {}))
         if device_type == "cuda":
@@ -198,11 +232,15 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
         addr, port = ray.get(addresses[0])  # rank 0 hosts the process group's rendezvous
         self._wait([ctx.setup.remote(addr, port) for ctx in self.ctxs])
 
-    def _wait(self, refs: list) -> list:
-        """ray.get on every rank, but on the first failure kill all ranks and raise (no hang)."""
+    def _wait(self, refs: list, console: Any = None) -> list:
+        """ray.get on every rank, but on the first failure kill all ranks and raise (no hang); meanwhile what the
+        ranks send to ``console`` is printed."""
         pending, done = list(refs), {}
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=CONSOLE_POLL_S if console else None)
+            _drain(console)
+            if not ready:
+                continue
             try:
                 done[ready[0]] = ray.get(ready[0])
             except Exception:
@@ -216,8 +254,17 @@ class TeaCacheMultiGPUPipeline(up.MochiMultiGPUPipeline):
                         num_frames=kwargs["num_frames"])
         if self.cfg_parallel and batch_cfg:
             raise ValueError("CFG-parallel runs one CFG branch per rank: it cannot batch them (drop --batch_cfg)")
-        results = self._wait([ctx.generate.remote(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt,
-                                                  cache=cache, progress=progress, **kwargs) for ctx in self.ctxs])
+        from ray.util.queue import Queue
+
+        console = Queue(actor_options={"num_cpus": 0}) if progress else None
+        try:
+            results = self._wait([ctx.generate.remote(batch_cfg=batch_cfg, prompt=prompt,
+                                                      negative_prompt=negative_prompt, cache=cache, progress=progress,
+                                                      console=console if i == 0 else None, **kwargs)
+                                  for i, ctx in enumerate(self.ctxs)], console)
+        finally:
+            if console is not None:
+                console.shutdown()
         decisions = {(tuple(r["decisions"]), tuple(map(tuple, r["branches"]))) for r in results}
         if len(decisions) != 1:  # cannot happen while the indicator is all-reduced; a loud check if it ever does
             raise RuntimeError(f"ranks took different cache decisions: {decisions}")
