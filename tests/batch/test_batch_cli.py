@@ -152,3 +152,17 @@ def test_a_missing_weights_folder_is_refused_before_anything_runs(command, dry_r
         assert f"--model_dir {model_dir}" in res.output or str(model_dir) in res.output
         assert message in res.output and "Traceback" not in res.output
         assert not out.exists()  # nothing left behind
+
+
+def test_settings_that_never_act_at_this_step_count_are_said_on_screen(tiny_model_dir, prompts, tmp_path):
+    """As the demo warns: an EasyCache warm-up covering the run, an adaptive schedule cut, a CFG cache starting
+    after the last step (the tiny model runs 16 steps)."""
+    res = invoke(batch_command, "--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir",
+                 str(tmp_path / "out"), "--modes", "easycache_0.05_w20,adaptive_0.12_0.04,fixed_0.1+cfg,fixed_0.1",
+                 "--dry-run")
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.output.splitlines() if line.startswith("warning: mode ")]
+    assert len(warnings) == 3, warnings
+    assert "easycache_0.05_w20 at --num_steps 16" in warnings[0] and "covers the whole 16-step run" in warnings[0]
+    assert "adaptive_0.12_0.04" in warnings[1] and "cut there" in warnings[1]
+    assert "fixed_0.1+cfg" in warnings[2] and "no step of this 16-step run is cond-only" in warnings[2]

@@ -189,3 +189,29 @@ def test_compare_videos_command(videos: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(compare_videos_command, ["--videos", str(videos), "--baseline", "base"])
     assert result.exit_code == 2 and "baseline, fast, faster, gone" in result.output
     assert os.path.isfile(out / "other prompt-0.mp4")
+
+
+def test_compare_videos_defaults_as_evaluate(videos: Path, tmp_path: Path) -> None:
+    """Without --baseline the one folder named *baseline*; the batch's output folder (either layout) is found; the
+    grids go where evaluate --out puts them (results/ beside the videos folder)."""
+    batch_root = videos.parent  # <output-dir> of genmo-teacache batch: videos/<mode>/
+    (batch_root / "prompt_names.json").write_text("{}")
+    result = CliRunner().invoke(compare_videos_command, ["--videos", str(batch_root), "--modes", "fast",
+                                                         "--only", "a prompt-0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "baseline: baseline (the only mode whose name contains 'baseline'" in result.output
+    assert (batch_root / "results" / "grids" / "a prompt-0.mp4").is_file()
+
+    reference = tmp_path / "ref" / "videos"  # the reference layout: <output-dir>/<mode>/, logs beside them
+    reference.parent.mkdir()
+    videos.rename(reference)
+    result = CliRunner().invoke(compare_videos_command, ["--videos", str(reference), "--modes", "faster",
+                                                         "--only", "other*"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ref" / "results" / "grids" / "other prompt-0.mp4").is_file()
+
+
+@pytest.mark.parametrize("gain", ["nan", "inf", "0", "-1"])
+def test_a_diff_gain_that_is_no_positive_number_is_refused(videos: Path, gain: str) -> None:
+    result = CliRunner().invoke(compare_videos_command, ["--videos", str(videos), "--diff", "--diff-gain", gain])
+    assert result.exit_code == 2 and f"{gain}: use a positive finite number" in result.output.replace("-1.0", "-1")
