@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -213,11 +214,16 @@ def test_run_fidelity_writes_reference_shape_and_resumes(videos: Path, tmp_path:
         written["fidelity_table.md"].read_text())
 
 
-def test_mode_without_any_pair_writes_nothing(videos: Path, tmp_path: Path, lpips_model) -> None:
+def test_mode_without_any_pair_records_why_and_is_retried(videos: Path, tmp_path: Path, lpips_model) -> None:
     (videos / "empty").mkdir()
     out = tmp_path / "fidelity"
-    assert fidelity.run_fidelity(videos, "base", ["empty"], out, device="cpu", lpips_model=lpips_model) == {}
-    assert not (out / "empty_vs_base.json").exists()  # retried next time instead of recorded as done
+    result = fidelity.run_fidelity(videos, "base", ["empty"], out, device="cpu", lpips_model=lpips_model)["empty"]
+    assert result["num_videos"] == 0 and result["psnr"]["mean"] is None  # no numbers, and why:
+    assert [p["reason"] for p in result["problems"]] == ["missing in empty"] * 3
+    assert json.loads((out / "empty_vs_base.json").read_text()) == result
+    shutil.copytree(videos / "base", videos / "empty", dirs_exist_ok=True)  # retried next time, not kept as done
+    again = fidelity.run_fidelity(videos, "base", ["empty"], out, device="cpu", lpips_model=lpips_model)["empty"]
+    assert again["num_videos"] == 3 and again["psnr"]["mean"] == 100.0
 
 
 def test_results_follow_the_videos_not_the_mode_name(tmp_path: Path, lpips_model, caplog) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from genmo_teacache.eval import grid
 from genmo_teacache.eval.compare_videos import compare_videos_command
-from genmo_teacache.eval.fidelity import psnr_frames
+from genmo_teacache.eval.fidelity import file_stamp, psnr_frames
 from genmo_teacache.eval.grid import GridOptions, make_grids, plan_grids
 from genmo_teacache.video import read_video, write_json, write_video
 
@@ -46,6 +46,11 @@ def videos(tmp_path: Path) -> Path:
     return root
 
 
+def measured(videos: Path, mode: str, name: str = "a prompt-0.mp4") -> dict:
+    """The files a per-video fidelity entry was measured on, as fidelity.py records them."""
+    return {"baseline_file": file_stamp(videos / "baseline" / name), "mode_file": file_stamp(videos / mode / name)}
+
+
 def centre(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     x, y, w, h = box
     return frame[y + h // 2 - 4:y + h // 2 + 4, x + w // 2 - 4:x + w // 2 + 4].reshape(-1, 3).mean(axis=0)
@@ -75,7 +80,7 @@ def test_layout_sizes() -> None:
 def test_grid_tiles_are_time_aligned_and_labelled(videos: Path, tmp_path: Path) -> None:
     fid = tmp_path / "vb" / "results" / "fidelity_metrics"
     write_json(fid / "per_video" / "fast_vs_baseline.json",
-               [{"video": "a prompt-0.mp4", "psnr": 21.5, "ssim": 0.8, "lpips": 0.25}])
+               [{"video": "a prompt-0.mp4", "psnr": 21.5, "ssim": 0.8, "lpips": 0.25, **measured(videos, "fast")}])
     logs = tmp_path / "vb" / "logs"
     runs = [{"mode": m, "prompt": "a prompt", "sample": 0, "time_seconds": t}
             for m, t in (("baseline", 100.0), ("fast", 50.0), ("faster", 25.0))]
@@ -156,7 +161,8 @@ def test_resume_redoes_only_what_changed(videos: Path, tmp_path: Path) -> None:
     assert [r.status for r in grid.grid_results(jobs, out)] == ["exists"] * 2
     # new fidelity numbers change a label: made again
     fid = tmp_path / "fid"
-    write_json(fid / "per_video" / "fast_vs_baseline.json", [{"video": "a prompt-0.mp4", "psnr": 30.0, "lpips": 0.1}])
+    write_json(fid / "per_video" / "fast_vs_baseline.json",
+               [{"video": "a prompt-0.mp4", "psnr": 30.0, "lpips": 0.1, **measured(videos, "fast")}])
     jobs = plan_grids(videos, "baseline", MODES, fid, None)
     assert [r.status for r in make_grids(jobs, out, GridOptions(diff=True))] == ["made", "exists"]
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]

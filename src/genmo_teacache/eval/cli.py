@@ -71,14 +71,29 @@ def modes_of(videos: Path, baseline: str, modes: Sequence[str] | str | None) -> 
         raise click.BadParameter(str(err)) from err
 
 
-def _run_fidelity(videos: Path, baseline: str, modes: list[str], save_dir: Path, device: str, overwrite: bool) -> None:
+def _run_fidelity(videos: Path, baseline: str, modes: list[str], save_dir: Path, device: str,
+                  overwrite: bool) -> list[str]:
+    """Fidelity of ``modes``; returns what failed as a whole (a mode none of whose pairs could be compared, with
+    the reasons), which ends the command with exit status 1 once its tables are printed."""
     from genmo_teacache.eval.fidelity import run_fidelity
     from genmo_teacache.eval.lpips_weights import LpipsWeightsError
 
     try:
-        run_fidelity(videos, baseline, modes, save_dir, device=device, overwrite=overwrite)
+        results = run_fidelity(videos, baseline, modes, save_dir, device=device, overwrite=overwrite)
     except LpipsWeightsError as err:
         raise click.ClickException(str(err)) from err
+    failed = []
+    for mode, summary in results.items():
+        if mode in modes and not summary.get("num_videos"):
+            reasons = "; ".join(f"{p.get('video')}: {p.get('reason')}" for p in summary.get("problems", [])[:3])
+            failed.append(f"fidelity of {mode} against {baseline}: no video pair could be compared "
+                          f"({reasons or 'no videos'})")
+    return failed
+
+
+def _fail_if(failed: Sequence[str]) -> None:
+    if failed:
+        raise click.ClickException("\n".join(failed))
 
 
 def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: list[str], full_info: Path | None,
@@ -224,17 +239,18 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
     videos = videos_dir_of(videos, "--videos")
     baseline = baseline_of(baseline, list_modes_of(videos, "--videos"), str(videos))
     compare_modes = modes_of(videos, baseline, modes)
-    out = writable_dir(out if out is not None else results_dir(videos), "--out")
     log_dir, warnings = log_dir_of(gen_log_dir, log_dirs(videos))
+    out = writable_dir(out if out is not None else results_dir(videos), "--out")
     fidelity_dir, scores_dir = out / "fidelity_metrics", out / "vbench_scores"
     click.echo(f"baseline {baseline}; modes: {', '.join(compare_modes) or '(none)'}")
 
+    failed: list[str] = []
     if skip_fidelity:
         click.echo("fidelity: skipped (--skip-fidelity)")
     elif not compare_modes:
         click.echo("fidelity: no mode besides the baseline")
     else:
-        _run_fidelity(videos, baseline, compare_modes, fidelity_dir, device, overwrite)
+        failed = _run_fidelity(videos, baseline, compare_modes, fidelity_dir, device, overwrite)
         click.echo(f"fidelity results: {fidelity_dir}")
     if skip_vbench:
         click.echo("VBench: skipped (--skip-vbench)")
@@ -250,6 +266,7 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
                                     report=not no_report)
     _compare(baseline, compare_modes, scores_dir, fidelity_dir, log_dir, out, None, [videos, log_dir], warnings,
              then=then)
+    _fail_if(failed)
 
 
 # ---------------------------------------------------------------- the reference-named entry points
@@ -275,9 +292,10 @@ def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ..
     baseline = baseline_of(baseline, list_modes_of(video_dir, "--video-dir"), str(video_dir))
     compare_modes = modes_of(video_dir, baseline, modes)
     writable_dir(save_dir, "--save-dir")
-    _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
+    failed = _run_fidelity(video_dir, baseline, compare_modes, save_dir, device, overwrite)
     click.echo(f"fidelity results: {save_dir}\n")
     click.echo(fidelity_report(collect(compare_modes, baseline, None, save_dir, None)))
+    _fail_if(failed)
 
 
 @click.command("run_vbench_eval", context_settings={"help_option_names": ["-h", "--help"]})
@@ -315,7 +333,8 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
               show_default=True, help="Fidelity results.")
 @click.option("--gen-log-dir", type=click.Path(path_type=Path), default=None,
               help="Folder of generation_log_*.json files, or the batch run's --output-dir or videos folder (its "
-                   "logs/ is found). Default: vbench_eval/logs, else logs/ beside the scores folder.")
+                   "logs/ is found). Default: vbench_eval/videos (the vbench_eval/ scripts' logs), vbench_eval/logs, "
+                   "else logs/ beside the scores folder.")
 @click.option("--output-json", type=click.Path(path_type=Path),
               default=Path("vbench_eval/all_comparison_results.json"), show_default=True,
               help="Combined results JSON; the CSV/Markdown tables and plots/ go beside it.")
@@ -324,24 +343,39 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
                    "of the results) whose name contains 'baseline'.")
 @click.option("--modes", multiple=True,
               help="Modes in table order (comma-separated). Default: every mode with VBench or fidelity results.")
-def compare_command(scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | None, output_json: Path,
-                    baseline: str | None, modes: tuple[str, ...]) -> None:
+@click.pass_context
+def compare_command(ctx: click.Context, scores_dir: Path, fidelity_dir: Path, gen_log_dir: Path | None,
+                    output_json: Path, baseline: str | None, modes: tuple[str, ...]) -> None:
     """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
     from genmo_teacache.eval.tables import read_fidelity_files
+    from genmo_teacache.video import OutputPathError, check_output_file
 
     setup_logging()
+    for option, folder in (("scores_dir", scores_dir), ("fidelity_dir", fidelity_dir)):
+        given = ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT
+        if given and not folder.is_dir():
+            raise click.BadParameter(f"{folder} does not exist: pass the folder the results were written to",
+                                     param_hint="--" + option.replace("_", "-"))
+    if not scores_dir.is_dir() and not fidelity_dir.is_dir():
+        raise click.UsageError(f"no results to compare: neither {scores_dir} nor {fidelity_dir} exists; pass "
+                               "--scores-dir and/or --fidelity-dir (the --save-dir of run_vbench_eval.py and of "
+                               "run_fidelity_metrics.py)")
     chosen = split_values(modes)
     scored: set[str] = set()
     if scores_dir.is_dir():
         scored = {p.name for p in scores_dir.iterdir() if p.is_dir() and p.name != "logs"
                   and not p.name.startswith(".")}
     fidelity = read_fidelity_files(fidelity_dir)
-    named = scored | set(fidelity) | {str(d["baseline"]) for d in fidelity.values() if d.get("baseline")}
+    named = scored | {mode for mode, _ in fidelity} | {str(against) for _, against in fidelity if against}
     where = "--modes" if chosen else f"{scores_dir} and {fidelity_dir}"
     baseline = baseline_of(baseline, chosen or sorted(named), where)
     if not chosen:  # VBench results, and fidelity results against this baseline
-        chosen = sorted((scored | {m for m, d in fidelity.items() if d.get("baseline") == baseline}) - {baseline})
-    log_dir, warnings = log_dir_of(gen_log_dir, [Path("vbench_eval/logs"), scores_dir.parent / "logs",
-                                                 scores_dir.parent.parent / "logs"])
+        chosen = sorted((scored | {m for m, against in fidelity if against == baseline}) - {baseline})
+    log_dir, warnings = log_dir_of(gen_log_dir, [Path("vbench_eval/videos"), Path("vbench_eval/logs"),
+                                                 scores_dir.parent / "logs", scores_dir.parent.parent / "logs"])
+    try:
+        check_output_file(output_json, "--output-json")
+    except OutputPathError as err:
+        raise click.BadParameter(str(err), param_hint="--output-json") from None
     _compare(baseline, chosen, scores_dir, fidelity_dir, log_dir, output_json.parent, output_json, [log_dir],
              warnings)

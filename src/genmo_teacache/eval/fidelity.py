@@ -336,16 +336,14 @@ def run_fidelity(
         mode = plan.mode
         summary, per_video = _evaluate(plan, scorer, baseline)
         path, pv_path = result_path(save_dir, mode, baseline), per_video_path(save_dir, mode, baseline)
-        if summary["num_videos"] == 0:
-            logger.error("fidelity %s vs %s: no video pair could be compared; nothing written (will retry)",
-                         mode, baseline)
-            for stale in (path, pv_path):
-                stale.unlink(missing_ok=True)  # an earlier result over videos that are gone is no result
-            continue
         if overwrite or _read_json(path) != summary or _read_json(pv_path) != per_video:
             write_json(pv_path, per_video)
-            write_json(path, summary)
+            write_json(path, summary)  # with no pair compared: no numbers, and why (its problems); retried next run
         results[mode] = summary
+        if summary["num_videos"] == 0:
+            logger.error("fidelity %s vs %s: no video pair could be compared (%s)", mode, baseline,
+                         "; ".join(f"{p['video']}: {p['reason']}" for p in summary.get("problems", [])[:3]))
+            continue
         logger.info("fidelity %s vs %s over %d videos: PSNR %.4f, SSIM %.4f, LPIPS %.4f", mode, baseline,
                     summary["num_videos"], summary["psnr"]["mean"], summary["ssim"]["mean"], summary["lpips"]["mean"])
     # all_fidelity_results.json: every result against this baseline in save_dir (earlier runs' modes included)

@@ -339,6 +339,20 @@ def _number(row: dict[str, Any] | None, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+def measured_on(row: dict[str, Any] | None, baseline_video: Path, mode_video: Path | None) -> bool:
+    """Whether a per-video fidelity entry was computed from these two files (size and modification time, as
+    fidelity.py records them): a video generated again since keeps none of the numbers of the one it replaced."""
+    from genmo_teacache.eval.fidelity import file_stamp
+
+    if row is None or mode_video is None:
+        return False
+    try:
+        return (row.get("baseline_file") == file_stamp(baseline_video)
+                and row.get("mode_file") == file_stamp(mode_video))
+    except OSError:
+        return False
+
+
 def plan_grids(
     videos_dir: str | os.PathLike,
     baseline: str,
@@ -369,6 +383,10 @@ def plan_grids(
         tiles = [Tile(mode=baseline, path=path, baseline=True, speedup=base_up)]
         for mode in modes:
             row = scores.get(mode, {}).get(path.name)
+            if row is not None and not measured_on(row, path, mode_videos[mode].get(path.name)):
+                logger.info("grid %s: the fidelity result of %s was measured on other files (a video generated "
+                            "again since): not shown", path.stem, mode)
+                row = None
             tiles.append(Tile(mode=mode, path=mode_videos[mode].get(path.name),
                               speedup=ups.get(mode, {}).get("end_to_end"),
                               psnr=_number(row, "psnr"), ssim=_number(row, "ssim"), lpips=_number(row, "lpips")))

@@ -72,8 +72,11 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _url(path: Path, root: Path) -> str:
-    """``path`` relative to ``root``, percent-encoded, for an ``href`` / ``src`` attribute (then html-escaped)."""
-    return html.escape(quote(Path(os.path.relpath(Path(path).resolve(), root)).as_posix()), quote=True)
+    """``path`` relative to ``root``, percent-encoded, for an ``href`` / ``src`` attribute (then html-escaped).
+    Taken on the paths as they are, never with symbolic links resolved: a linked ``grids/`` stays ``grids/...``,
+    inside the results folder, so that the folder can be copied or served as it is."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return html.escape(quote(Path(rel).as_posix()), quote=True)
 
 
 def _table(rows: Sequence[Sequence[str]], classes: Sequence[Sequence[str]] | None = None) -> str:
@@ -157,7 +160,7 @@ def _toc_line(rank: int, result: GridResult) -> str:
 
 def write_report(out_dir: str | os.PathLike, comp: Comparison, grids: Sequence[GridResult]) -> Path:
     """Write ``{out_dir}/report.html`` from the comparison, the plots and tables in ``out_dir`` and the grids."""
-    root = Path(out_dir).resolve()
+    root = Path(os.path.abspath(out_dir))
     title = f"{comp.baseline} against {len(comp.modes) - 1} mode(s)"
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [f"<h1>Evaluation: {html.escape(title)}</h1>",

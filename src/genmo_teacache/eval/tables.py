@@ -71,36 +71,46 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # what the numbers cover, where the modes' videos differ
 
 
-def read_fidelity_files(fidelity_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """``{mode: fidelity result}`` from ``all_fidelity_results.json`` and the per-mode files (which win), whatever
-    their baseline."""
+def _read_result(path: Path) -> Any:
+    """A result file's JSON, or None (with a warning naming it) when it cannot be read: a broken file costs its own
+    numbers, never the table."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logger.warning("skipping unreadable result file %s (%s: %s): delete it, or recompute it with --overwrite",
+                       path, type(err).__name__, err)
+        return None
+
+
+def read_fidelity_files(fidelity_dir: str | os.PathLike) -> dict[tuple[str, str | None], dict[str, Any]]:
+    """``{(mode, baseline): fidelity result}`` of every result in the folder, from ``all_fidelity_results.json`` and
+    the per-mode files ``{mode}_vs_{baseline}.json`` (which win): keyed by what each was measured against, so that
+    results against several baselines in one folder never hide each other."""
     fidelity_dir = Path(fidelity_dir)
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[tuple[str, str | None], dict[str, Any]] = {}
     combined = fidelity_dir / "all_fidelity_results.json"
-    if combined.is_file():
-        with open(combined) as f:
-            found.update(json.load(f))
+    data = _read_result(combined) if combined.is_file() else None
+    for mode, result in (data.items() if isinstance(data, dict) else ()):
+        if isinstance(result, dict):
+            found[(str(result.get("mode", mode)), result.get("baseline"))] = result
     if fidelity_dir.is_dir():
         for path in sorted(fidelity_dir.glob("*_vs_*.json")):
             if path.name.startswith("."):
                 continue
-            with open(path) as f:
-                data = json.load(f)
-            if isinstance(data, dict) and "mode" in data:
-                found[data["mode"]] = data
+            result = _read_result(path)
+            if isinstance(result, dict) and "mode" in result:
+                found[(result["mode"], result.get("baseline"))] = result
     return found
 
 
 def load_fidelity(fidelity_dir: str | os.PathLike, baseline: str) -> dict[str, dict[str, Any]]:
-    """``{mode: fidelity result}`` against ``baseline`` (:func:`read_fidelity_files`). Results measured against
-    another baseline are ignored with a warning."""
-    out = {}
-    for mode, data in read_fidelity_files(fidelity_dir).items():
-        if data.get("baseline") != baseline:
-            logger.warning("ignoring fidelity result of %s measured against %r, not the baseline %r",
-                           mode, data.get("baseline"), baseline)
-            continue
-        out[mode] = data
+    """``{mode: fidelity result}`` measured against ``baseline`` (:func:`read_fidelity_files`)."""
+    found = read_fidelity_files(fidelity_dir)
+    out = {mode: result for (mode, against), result in found.items() if against == baseline}
+    others = sorted({mode for (mode, against) in found if against != baseline} - set(out) - {baseline})
+    if others:
+        logger.info("fidelity results of %s in %s are against other baselines than %s: not shown", ", ".join(others),
+                    fidelity_dir, baseline)
     return out
 
 
