@@ -30,6 +30,14 @@ from genmo_teacache.options import (
 log = logging.getLogger(__name__)
 
 VERIFY_STEPS = 3
+IDENTICAL, DIFFERENT, COULD_NOT_RUN = 0, 1, 2  # verify's exit codes
+
+
+class CouldNotRun(click.ClickException):
+    """verify did not reach a verdict (bad input, unwritable --out, a failure while running): exit status 2, never
+    1, which says that the latents differ."""
+
+    exit_code = COULD_NOT_RUN
 
 
 @dataclass
@@ -137,7 +145,7 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
 @click.command("verify")
 @click.option("--prompt", default="a red car drives through a city at night", show_default=True,
               help="Prompt of the comparison.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of both runs.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Seed of both runs.")
 @click.option("--cache_mode", default="baseline", show_default=True,
               help="Our side's cache mode (baseline: the claim; another mode shows how far it moves).")
 @click.option("--calibration", default=None, type=click.Path(dir_okay=False, exists=True),
@@ -149,7 +157,10 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
     """Check that our sampler with caching off gives upstream's latents bit for bit, on your weights and GPUs.
 
     Runs 3 denoising steps unless --num_steps is given (any difference shows at the first step).
-    Exit status 0 when they are identical, 1 when they are not."""
+    Exit status 0 when they are identical, 1 when they are not, 2 when verify could not run (bad input, an --out
+    that cannot be written, a failure on the way)."""
+    from genmo_teacache.caches import parse_mode
+    from genmo_teacache.video import OutputPathError, check_output_file, write_json
     from genmo_teacache.weights import WeightsError, check_model_dir
 
     setup_logging(plain=True)
@@ -157,18 +168,28 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
     if ctx.get_parameter_source("num_steps") == click.core.ParameterSource.DEFAULT:
         options["num_steps"] = VERIFY_STEPS
     settings = settings_from_options(**options)
-    try:
+    try:  # everything that can be refused before a model loads
+        if options["out"]:
+            check_output_file(options["out"], "--out")
         check_model_dir(options["model_dir"], text_encoder_dir=options["text_encoder_dir"],
                         lora_path=options["lora_path"])
+        parse_mode(options["cache_mode"], options["calibration"]).check(settings.num_steps,
+                                                                         batch_cfg=settings.batch_cfg)
+    except (OutputPathError, WeightsError, ValueError) as e:
+        raise CouldNotRun(str(e)) from None
+    try:
         verdict = verify(options["model_dir"], settings=settings, seed=options["seed"], prompt=options["prompt"],
                          cache_mode=options["cache_mode"], calibration=options["calibration"],
                          **pipeline_kwargs(options))
-    except (WeightsError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    except Exception as e:  # no verdict: never exit 1, which would read "the latents differ"
+        log.debug("verify failed", exc_info=True)
+        raise CouldNotRun(f"verify could not run: {type(e).__name__}: {e}") from None
     click.echo(verdict.summary())
     if options["out"]:
-        from genmo_teacache.video import write_json
-
-        write_json(options["out"], {**asdict(verdict), "settings": asdict(settings), "model_dir":
-                                    str(options["model_dir"]), "prompt": options["prompt"], "seed": options["seed"]})
-    ctx.exit(0 if verdict.identical else 1)
+        try:
+            write_json(options["out"], {**asdict(verdict), "settings": asdict(settings), "model_dir":
+                                        str(options["model_dir"]), "prompt": options["prompt"],
+                                        "seed": options["seed"]})
+        except OSError as e:
+            raise CouldNotRun(f"the verdict could not be written to --out {options['out']}: {e}") from None
+    ctx.exit(IDENTICAL if verdict.identical else DIFFERENT)

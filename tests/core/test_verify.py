@@ -28,3 +28,20 @@ def test_a_difference_is_reported_and_fails(tiny_model_dir):
                                               "--cache_mode", "fixed_0.3"])
     assert res.exit_code == 1, res.output
     assert "NOT bit-identical: max |difference|" in res.output and "fixed_0.3" in res.output
+
+
+def test_verify_that_cannot_run_exits_2_before_any_model_loads(tiny_model_dir, tmp_path):
+    """Exit codes: 0 identical, 1 different, 2 could not run (never 1, which would say the latents differ)."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    for args, message in (
+        (["--out", str(blocker / "verdict.json")], "--out"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--cache_mode", "fixd_0.1"], "unknown mode 'fixd_0.1'"),
+        (["--seed", str(2**32)], "--seed"),
+    ):
+        res = CliRunner().invoke(verify_command, ["--model_dir", str(tiny_model_dir), *SMALL, *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Timing load" not in res.output
+    res = CliRunner().invoke(verify_command, ["--model_dir", str(tmp_path / "weights"), *SMALL])
+    assert res.exit_code == 2 and "does not exist" in res.output
