@@ -36,7 +36,7 @@ def test_verify_that_cannot_run_exits_2_before_any_model_loads(tiny_model_dir, t
     blocker.write_text("x")
     for args, message in (
         (["--out", str(blocker / "verdict.json")], "--out"),
-        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(tmp_path)], "is a directory"),
         (["--cache_mode", "fixd_0.1"], "unknown mode 'fixd_0.1'"),
         (["--seed", str(2**32)], "--seed"),
     ):
