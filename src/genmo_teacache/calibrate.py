@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from genmo_teacache import __version__
 from genmo_teacache.cliutils import setup_logging
-from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale
+from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale, check_positive
 from genmo_teacache.options import generation_options
 from genmo_teacache.video import atomic_path, check_output_file, write_json
 
@@ -134,7 +134,9 @@ class PolynomialFit:
 
 
 def fit_polynomial(x: np.ndarray, y: np.ndarray, degree: int = DEGREE) -> PolynomialFit:
-    """``np.polyfit(x, y, degree)`` with its R^2; refuses too few points, too few distinct x, NaN."""
+    """``np.polyfit(x, y, degree)`` with its R^2; refuses too few points, too few distinct x, NaN, and a fit that
+    TeaCache could not use (negative on the fitted range, or zero all over it: :func:`.check_positive`), so that
+    such a file is never written."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise CalibrationError(f"x and y must be 1-D and of equal length, got {x.shape} and {y.shape}")
@@ -150,6 +152,10 @@ def fit_polynomial(x: np.ndarray, y: np.ndarray, degree: int = DEGREE) -> Polyno
     coefficients = np.polyfit(x, y, degree)
     if not np.isfinite(coefficients).all():
         raise CalibrationError(f"the fit gave non-finite coefficients {coefficients.tolist()}: refusing to write them")
+    try:
+        check_positive(tuple(coefficients), float(x.min()), float(x.max()))
+    except ValueError as e:
+        raise CalibrationError(f"the fitted polynomial cannot be used: {e}") from None
     ss_res = float(np.sum((y - np.polyval(coefficients, x)) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None

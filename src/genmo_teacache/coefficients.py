@@ -35,6 +35,21 @@ def _first_peak(coefficients: tuple[float, ...], hi: float = 1.0) -> float:
     return float(xs[falling[0]]) if len(falling) else hi
 
 
+POSITIVITY_GRID = 1001  # points at which a rescale polynomial is checked over its range
+
+
+def check_positive(coefficients: tuple[float, ...], lo: float, hi: float) -> None:
+    """Raise ValueError if the polynomial is nowhere positive on ``[lo, hi]``: TeaCache accumulates its values (the
+    estimated relative change of the output), so a change of the input would never add up to a compute and the
+    cache would skip every step. (Negative values in part of the range, as TeaCache's own Mochi fit has past 0.144,
+    are left to the range guard.)"""
+    values = np.polyval(coefficients, np.linspace(lo, hi, POSITIVITY_GRID))
+    if not (values > 0).any():
+        raise ValueError(f"the rescale polynomial is zero or negative all over its range [{lo:.4g}, {hi:.4g}] (at "
+                         f"most {float(np.nanmax(values)):.3g}): its values never add up to a compute, so the cache "
+                         "would skip every step. Calibrate again with more prompts (or steps)")
+
+
 def _read_json(path: Path, what: str, hint: str = "") -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
@@ -95,17 +110,20 @@ class Rescale:
         ):
             raise ValueError(f"coefficients file {path}: 'coefficients' must be a non-empty list of numbers, "
                              f"got {coeffs!r}")
-        if "x_max" in data:
-            x_max = data["x_max"]
-        else:
-            x_range = data.get("x_range", [0.0, math.nan])
-            ok = isinstance(x_range, list) and len(x_range) == 2
-            x_max = x_range[1] if ok else None
-        if not isinstance(x_max, (int, float)) or isinstance(x_max, bool):
+        x_range = data.get("x_range", [0.0, math.nan])
+        ok = isinstance(x_range, list) and len(x_range) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_range)
+        x_min, x_max = (x_range[0], data.get("x_max", x_range[1])) if ok else (0.0, data.get("x_max"))
+        if not isinstance(x_max, (int, float)) or isinstance(x_max, bool) or (not ok and "x_range" in data):
             raise ValueError(f"coefficients file {path}: 'x_range' must be a list [lo, hi] of two numbers (or "
                              f"'x_max' a number), got x_range={data.get('x_range')!r} x_max={data.get('x_max')!r}")
         info = {k: v for k, v in data.items() if k not in ("coefficients", "x_max", "source")}
-        return cls(tuple(float(c) for c in coeffs), float(x_max), str(path), info)
+        rescale = cls(tuple(float(c) for c in coeffs), float(x_max), str(path), info)
+        try:
+            check_positive(rescale.coefficients, min(float(x_min), rescale.x_max), rescale.x_max)
+        except ValueError as e:
+            raise ValueError(f"coefficients file {path}: {e}") from None
+        return rescale
 
 
 # -- magnitude ratios (MagCache) --------------------------------------------------------------------------------

@@ -186,3 +186,28 @@ def test_command_line_overrides():
         TeaCache.from_options(high=0.12)
     with pytest.raises(ValueError, match="not --teacache_thresh and --teacache_schedule"):
         TeaCache.from_options(thresh=0.1, schedule="rest:0.1")
+
+
+@pytest.mark.parametrize("coefficients, x_range, message", [
+    ([-1.0, 0.0], [0.0, 0.3], "zero or negative all over its range [0, 0.3]"),
+    ([0.0], [0.0, 0.3], "zero or negative all over its range"),
+    ([1.0, -0.7], [0.2, 0.6], "zero or negative all over its range [0.2, 0.6]"),
+])
+def test_a_polynomial_that_never_adds_up_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, coefficients,
+                                                                         x_range, message):
+    """A coefficients file the cache could not use (every step would be skipped) is refused by generate and batch,
+    naming the file, before any model loads."""
+    from click.testing import CliRunner
+
+    from genmo_teacache.batch.cli import batch_command
+    from genmo_teacache.generate_cli import generate_command
+
+    bad = tmp_path / "cal.json"
+    bad.write_text(json.dumps({"coefficients": coefficients, "x_range": x_range}))
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--cache_mode", "fixed_0.1",
+                                                "--calibration", str(bad), "--out_dir", str(tmp_path / "out")])
+    assert res.exit_code == 2 and str(bad) in res.output and message in res.output, res.output
+    assert "Timing load" not in res.output and not (tmp_path / "out").exists()
+    res = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--modes", "baseline,fixed_0.1",
+                                             "--calibration", str(bad), "--output-dir", str(tmp_path / "b")])
+    assert res.exit_code == 2 and message in res.output and not (tmp_path / "b").exists()

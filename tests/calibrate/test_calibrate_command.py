@@ -100,6 +100,11 @@ def test_fit_refuses_nan_too_few_points_and_degenerate_x():
         fit_polynomial(np.array([0.1, 0.2, 0.3, 0.4, math.nan]), np.ones(5))
     with pytest.raises(CalibrationError, match="2 distinct indicator values"):
         fit_polynomial(np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.2]), np.arange(6.0))
+    # points whose fit is nowhere positive on its range (as one prompt can give): the cache would never add its
+    # values up to a compute and would skip every step; refused, never written
+    x = np.linspace(0.02, 0.2, 15)
+    with pytest.raises(CalibrationError, match="zero or negative all over its range"):
+        fit_polynomial(x, -0.01 - 0.5 * x)
     inf_ratio = PromptTrace("a dog", [None, 0.1], [None, 0.2], [None, math.inf])
     with pytest.raises(CalibrationError, match="magnitude ratio is inf at step 1"):
         mag_ratio_curve([inf_ratio], 2)
