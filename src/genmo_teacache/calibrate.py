@@ -344,7 +344,8 @@ def summary_lines(calibration: Calibration) -> list[str]:
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Calibration JSON to write (coefficients, x_range, R^2, mag_ratios, settings); the plot goes to "
                    "<out stem>.png and the raw points to <out stem>_points.json.")
-@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed of every prompt's generation.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of every prompt's generation.")
 @generation_options
 @click.pass_context
 def calibrate_command(ctx: click.Context, **options: Any) -> None:

@@ -29,6 +29,27 @@ DEFAULT_PROMPT = (
     "and creates a fresh, inviting atmosphere."
 )  # upstream demos/cli.py's default prompt
 GENERATION_DEFAULTS_FILE = "generation_defaults.json"
+SEED_MAX = 2**32 - 1  # upstream's sample_model seeds numpy, whose seeds are 0 .. 2**32 - 1
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` if it is a whole number numpy can seed with (0 .. 2**32 - 1); ValueError naming it otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed {seed!r}: use a whole number from 0 to {SEED_MAX} (numpy's range, which upstream's "
+                         "sampler seeds)")
+    return seed
+
+
+def _check_types(settings: object) -> None:
+    """Every field of a dataclass of settings has its declared type (an int field takes no float or bool, a
+    float field takes an int): values from JSON files are checked before any model loads."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "int | None": (int, type(None))}
+    for name, declared in settings.__annotations__.items():
+        value, allowed = getattr(settings, name), kinds.get(str(declared))
+        if allowed is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ValueError(f"{name}={value!r} ({type(value).__name__}): {name} must be of type {declared}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,7 @@ class GenerationSettings:
     batch_cfg: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if (self.num_frames - 1) % 6 != 0 or self.num_frames < 1:
             raise ValueError(f"num_frames={self.num_frames}: Mochi needs num_frames - 1 divisible by 6 "
                              f"(e.g. 19, 31, 85, 163)")
@@ -57,6 +79,12 @@ class GenerationSettings:
             raise ValueError(f"num_steps={self.num_steps}: use at least 2 denoising steps")
         if not math.isfinite(self.cfg_scale):
             raise ValueError(f"cfg_scale={self.cfg_scale} must be a finite number")
+        if not 0 < self.threshold_noise < 1:
+            raise ValueError(f"threshold_noise={self.threshold_noise}: the sigma where the linear part of the "
+                             "schedule ends must lie between 0 and 1 (upstream: 0.025)")
+        if self.linear_steps is not None and not 1 <= self.linear_steps < self.num_steps:
+            raise ValueError(f"linear_steps={self.linear_steps}: use 1 to num_steps - 1 ({self.num_steps - 1}), or "
+                             "leave it out for half the steps")
 
     def sampler_args(self, seed: int) -> dict[str, Any]:
         """The keyword arguments of upstream ``sample_model``."""
@@ -138,6 +166,7 @@ def generate(pipe, *, prompt: str, cache: CacheConfig, seed: int, settings: Gene
              observe_only: bool = False, progress: bool = True) -> GenerationResult:
     """One video with the pipeline from ``load_pipeline``."""
     cache.check(settings.num_steps, batch_cfg=settings.batch_cfg)  # fail before any work if it cannot run
+    check_seed(seed)
     out = pipe.generate(batch_cfg=settings.batch_cfg, prompt=prompt, negative_prompt=settings.negative_prompt,
                         cache=cache, observe_only=observe_only, progress=progress,
                         **settings.sampler_args(seed))

@@ -16,7 +16,9 @@ from genmo_teacache.caches import CacheConfig
 from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.generate import (
     DEFAULT_PROMPT,
+    SEED_MAX,
     GenerationSettings,
+    check_seed,
     generate,
     load_pipeline,
     save_result,
@@ -46,7 +48,7 @@ Job = tuple[str, int, GenerationSettings, CacheConfig]
 @click.option("--sweep-file", "sweep_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSONL file, one config per line (prompt, cfg_scale, num_steps, seed, width, height, "
                    "num_frames, threshold_noise, linear_steps, cache_mode), as upstream.")
-@click.option("--seed", default=1710977262, show_default=True, type=int, help="Random seed.")
+@click.option("--seed", default=1710977262, show_default=True, type=click.IntRange(0, SEED_MAX), help="Random seed.")
 @click.option("--out_dir", default="outputs", show_default=True, help="Output directory for generated videos.")
 @click.option("--save_file", default=None,
               help="Video path, replaced if it exists (default: OUT_DIR/output_<unix time>_<job index>_<mode>.mp4, "
@@ -142,13 +144,23 @@ def _sweep_jobs(options: dict[str, Any]) -> list[Job]:
             raise click.BadParameter(f"{options['sweep_file']} line {n}: {e}") from None
         mode = conf.pop("cache_mode", conf.pop("teacache_mode", None))
         unknown = set(conf) - {"prompt", "seed", *SETTINGS_KEYS}
+        where = f"{options['sweep_file']} line {n}"
         if unknown:
-            raise click.BadParameter(f"{options['sweep_file']} line {n}: unknown keys {sorted(unknown)}")
-        settings = settings_from_options(**{**base, **{k: v for k, v in conf.items() if k in SETTINGS_KEYS}})
+            raise click.BadParameter(f"{where}: unknown keys {sorted(unknown)}")
+        prompt, seed = conf.get("prompt", options["prompt"]), conf.get("seed", options["seed"])
+        try:  # every value of the line, before any model loads: a wrong type would stop the sweep midway
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompt={prompt!r}: a prompt is a non-empty string")
+            if mode is not None and not isinstance(mode, str):
+                raise ValueError(f"cache_mode={mode!r}: a mode is a string, e.g. \"fixed_0.06\"")
+            check_seed(seed)
+            settings = GenerationSettings(**{**base, **{k: v for k, v in conf.items() if k in SETTINGS_KEYS}})
+        except ValueError as e:
+            raise click.BadParameter(f"{where}: {e}") from None
         if mode is not None:  # the line's mode; the calibration file and overrides from the command line
             keep = ("calibration", "max_skips", "teacache_no_range_guard")
             cache = cache_from_options(cache_mode=mode, **{k: options.get(k) for k in keep})
         else:
             cache = cache_from_options(**options)
-        jobs.append((conf.get("prompt", options["prompt"]), conf.get("seed", options["seed"]), settings, cache))
+        jobs.append((prompt, seed, settings, cache))
     return jobs

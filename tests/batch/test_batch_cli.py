@@ -166,3 +166,18 @@ def test_settings_that_never_act_at_this_step_count_are_said_on_screen(tiny_mode
     assert "easycache_0.05_w20 at --num_steps 16" in warnings[0] and "covers the whole 16-step run" in warnings[0]
     assert "adaptive_0.12_0.04" in warnings[1] and "cut there" in warnings[1]
     assert "fixed_0.1+cfg" in warnings[2] and "no step of this 16-step run is cond-only" in warnings[2]
+
+
+def test_a_seed_outside_numpys_range_is_refused_before_anything_runs(tiny_model_dir, prompts, tmp_path):
+    """Found after the model loaded, with 're-run to retry', before: now before anything runs (sweep alike)."""
+    out = tmp_path / "out"
+    common = ["--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir", str(out)]
+    for command, args, message in (
+        (batch_command, ["--generation-seed", "4294967296"], "--generation-seed"),
+        (batch_command, ["--generation-seed", "4294967295", "--num-samples", "2"], "seeds must lie in 0 .."),
+        (sweep_command, ["--generation-seed", "4294967296"], "--generation-seed"),
+        (sweep_command, ["--seed", "4294967296"], "--seed"),
+    ):
+        res = CliRunner().invoke(command, [*common, *args])
+        assert res.exit_code != 0 and message in res.output and "re-run" not in res.output, res.output
+        assert not out.exists()

@@ -130,6 +130,34 @@ def test_bad_parallel_and_mode_options_are_refused_before_loading(tiny_model_dir
     assert "Timing load" not in res.output
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"width": 64.0}', "width=64.0 (float): width must be of type int"),
+    ('{"prompt": 5}', "prompt=5: a prompt is a non-empty string"),
+    ('{"seed": 4294967296}', "seed 4294967296: use a whole number from 0 to 4294967295"),
+    ('{"seed": -1}', "seed -1"),
+    ('{"seed": 1.5}', "seed 1.5"),
+    ('{"num_steps": "8"}', "num_steps='8' (str)"),
+    ('{"cfg_scale": true}', "cfg_scale=True (bool)"),
+    ('{"threshold_noise": 1.5}', "threshold_noise=1.5"),
+    ('{"linear_steps": 16}', "linear_steps=16: use 1 to num_steps - 1"),
+    ('{"cache_mode": 3}', "cache_mode=3"),
+])
+def test_sweep_file_values_of_the_wrong_type_are_refused_before_loading(tiny_model_dir, tmp_path, line, message):
+    """Every line of a --sweep-file is checked before any model loads (a wrong type crashed the sweep midway)."""
+    sweep = tmp_path / "sweep.jsonl"
+    sweep.write_text('{"prompt": "a cat"}\n' + line + "\n")
+    res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--sweep-file", str(sweep),
+                                                "--out_dir", str(tmp_path / "out")])
+    assert res.exit_code == 2 and f"{sweep} line 2: " in res.output and message in res.output, res.output
+    assert "Timing load" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_a_seed_outside_numpys_range_is_refused_before_loading(tiny_model_dir, tmp_path):
+    for seed in ("4294967296", "-1"):
+        res = CliRunner().invoke(generate_command, ["--model_dir", str(tiny_model_dir), "--seed", seed])
+        assert res.exit_code == 2 and "--seed" in res.output and "Timing load" not in res.output
+
+
 def test_help_says_where_defaults_come_from():
     res = CliRunner().invoke(generate_command, ["--help"], terminal_width=200)
     assert res.exit_code == 0
