@@ -83,7 +83,8 @@ def test_dimension_without_matching_videos_is_reported_not_zero(tmp_path: Path) 
     scores = tmp_path / "scores"
     # the flicker prompts belong to no other dimension: nothing to score for 'human_action'
     (outcome,) = vbench_runner.run_vbench(videos, ["static"], scores, dimensions=["human_action"])
-    assert outcome.status == "no_videos" and "named after one of its prompts" in outcome.reason
+    assert outcome.status == "no_videos" and "none of this mode's videos is of a prompt in human_action's list" in \
+        outcome.reason
     assert not (scores / "static" / f"human_action{RESULT_SUFFIX}").exists()
     assert vbench_runner.load_status(scores)["static"]["human_action"]["status"] == "no_videos"
 
@@ -107,6 +108,50 @@ def test_dimension_needing_detectron2_fails_with_reason_and_reads_na(tmp_path: P
     comp = tables.collect([], "m", scores, None, None)
     row = dict(zip(tables.vbench_rows(comp, {})[0], tables.vbench_rows(comp, {})[1], strict=True))
     assert row["color"] == "n/a" and row["Semantic Score"] == ""
+
+
+def _full_info(path: Path) -> Path:
+    """A VBench full-info file whose only dimension is temporal_flickering, with the flicker prompts."""
+    path.write_text(json.dumps([{"prompt_en": p, "dimension": ["temporal_flickering"]} for p in FLICKER_PROMPTS]))
+    return path
+
+
+def test_a_dimension_none_of_whose_prompts_the_videos_have_says_so(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from genmo_teacache.eval.cli import vbench_command
+
+    videos = _flicker_videos(tmp_path / "videos")
+    info = _full_info(tmp_path / "i.json")
+    res = CliRunner().invoke(vbench_command, ["--video-dir", str(videos), "--modes", "static", "--save-dir",
+                                              str(tmp_path / "scores"), "--full-info", str(info),
+                                              "--dimensions", "human_action"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "none of this mode's videos is of a prompt in human_action's list (0 prompts of i.json" in res.output
+
+
+def test_a_failed_dimension_is_not_retried_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    """A dimension that failed (here: no VBench environment; likewise a model VBench could not download) is not
+    run again on the next evaluation of the same videos, unless --retry-failed."""
+    from click.testing import CliRunner
+
+    from genmo_teacache.eval.cli import vbench_command
+
+    monkeypatch.setenv(vbench_env.PYTHON_ENV, str(tmp_path / "no-python"))
+    videos = _flicker_videos(tmp_path / "videos")
+    args = ["--video-dir", str(videos), "--modes", "static,flicker", "--save-dir", str(tmp_path / "scores"),
+            "--full-info", str(_full_info(tmp_path / "info.json")), "--dimensions", "temporal_flickering"]
+    runs = [CliRunner().invoke(vbench_command, args + extra, catch_exceptions=False)
+            for extra in ([], [], ["--retry-failed"])]
+    assert [r.exit_code for r in runs] == [0, 0, 0]
+    assert "VBench: 2 failed" in runs[0].output and "no-python does not exist" in runs[0].output
+    assert "VBench: 2 not_retried" in runs[1].output and "--retry-failed" in runs[1].output
+    assert "no-python does not exist" in runs[1].output  # the recorded reason, still said
+    assert "VBench: 2 failed" in runs[2].output
+    (videos / "static" / f"{FLICKER_PROMPTS[1]}-0.mp4").touch()  # other videos: tried again without asking
+    os.utime(videos / "static" / f"{FLICKER_PROMPTS[1]}-0.mp4", ns=(1, 1))
+    res = CliRunner().invoke(vbench_command, args, catch_exceptions=False)
+    assert "1 failed, 1 not_retried" in res.output
 
 
 def test_a_result_is_reused_only_for_the_videos_it_was_computed_from(tmp_path: Path) -> None:

@@ -97,13 +97,13 @@ def _fail_if(failed: Sequence[str]) -> None:
 
 
 def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: list[str], full_info: Path | None,
-                device: str, overwrite: bool, table_follows: bool) -> list:
+                device: str, overwrite: bool, table_follows: bool, retry_failed: bool = False) -> list:
     """Run VBench and print what happened: counts, and (when no table with its notes follows) each reason for an
     n/a once, with the modes and dimensions it applies to."""
-    from genmo_teacache.eval.vbench_runner import UNAVAILABLE_STATUSES, run_vbench
+    from genmo_teacache.eval.vbench_runner import NOT_RETRIED, UNAVAILABLE_STATUSES, run_vbench
 
     outcomes = run_vbench(videos, modes, scores_dir, dimensions=dimensions, full_info=full_info, device=device,
-                          overwrite=overwrite)
+                          overwrite=overwrite, retry_failed=retry_failed)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -111,6 +111,9 @@ def _run_vbench(videos: Path, modes: list[str], scores_dir: Path, dimensions: li
     where = "under the table below" if table_follows else "below"
     click.echo("VBench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
                + (f" (why {len(unavailable)} are n/a: {where})" if unavailable else ""))
+    if counts.get(NOT_RETRIED):
+        click.echo(f"VBench: {counts[NOT_RETRIED]} failed before on the same videos and were not tried again: pass "
+                   "--retry-failed once they can run (e.g. with network access to download their models)")
     if unavailable and not table_follows:
         by_reason: dict[str, dict[str, list[str]]] = {}
         for o in unavailable:
@@ -199,6 +202,8 @@ def _echo_outputs(out_dir: Path, paths: dict[str, Path]) -> None:
 
 
 DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if available), cpu, cuda, cuda:1, ..."
+RETRY_HELP = ("Run again the VBench dimensions that failed before on the same videos (e.g. a model that could not be "
+              "downloaded); by default they are not retried on every run.")
 
 
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,12 +229,14 @@ DEVICE_HELP = "Torch device for fidelity metrics and VBench: auto (GPU if availa
                    "videos folder (its logs/ is found). Default: logs/ beside the videos.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute results that exist already (default: resume).")
+@click.option("--retry-failed", is_flag=True, help=RETRY_HELP)
 @click.option("--no-grids", is_flag=True,
               help="Do not make the side-by-side videos (grids/); the report shows those made before.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...], out: Path | None,
                      full_info: Path | None, dimensions: tuple[str, ...], skip_fidelity: bool, skip_vbench: bool,
-                     gen_log_dir: Path | None, device: str, overwrite: bool, no_grids: bool, no_report: bool) -> None:
+                     gen_log_dir: Path | None, device: str, overwrite: bool, retry_failed: bool, no_grids: bool,
+                     no_report: bool) -> None:
     """Fidelity (PSNR/SSIM/LPIPS against the baseline), VBench, comparison tables and plots, side-by-side videos
     and report.html, resuming whatever was computed already."""
     from genmo_teacache.eval.layout import log_dirs, results_dir
@@ -255,7 +262,8 @@ def evaluate_command(videos: Path, baseline: str | None, modes: tuple[str, ...],
     if skip_vbench:
         click.echo("VBench: skipped (--skip-vbench)")
     else:
-        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite, True)
+        _run_vbench(videos, [baseline, *compare_modes], scores_dir, dims, full_info, device, overwrite, True,
+                    retry_failed)
         click.echo(f"VBench results: {scores_dir} (status of every dimension: {scores_dir / 'vbench_status.json'})")
     then = None
     if not (no_grids and no_report):
@@ -309,8 +317,9 @@ def fidelity_command(video_dir: Path, baseline: str | None, modes: tuple[str, ..
 @click.option("--dimensions", multiple=True, help="Dimensions (comma-separated). Default: all 16.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--overwrite", is_flag=True, help="Recompute dimensions whose result file exists.")
+@click.option("--retry-failed", is_flag=True, help=RETRY_HELP)
 def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full_info: Path | None,
-                   dimensions: tuple[str, ...], device: str, overwrite: bool) -> None:
+                   dimensions: tuple[str, ...], device: str, overwrite: bool, retry_failed: bool) -> None:
     """VBench on every mode and dimension (in VBench's own environment, created on first use)."""
     setup_logging()
     dims = _dimensions(dimensions)
@@ -322,7 +331,7 @@ def vbench_command(video_dir: Path, modes: tuple[str, ...], save_dir: Path, full
         raise click.BadParameter(f"mode folder(s) {', '.join(missing)} not in {video_dir}; folders there: "
                                  f"{', '.join(existing) or '(none)'}", param_hint="--modes")
     writable_dir(save_dir, "--save-dir")
-    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite, False)
+    _run_vbench(video_dir, chosen, save_dir, dims, full_info, device, overwrite, False, retry_failed)
     click.echo(f"VBench results: {save_dir}")
 
 

@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 STATUS_FILE = "vbench_status.json"
 WORKER = Path(__file__).with_name("vbench_worker.py")
 DETECTRON2_DIMENSIONS = ("object_class", "multiple_objects", "color", "spatial_relationship")
-UNAVAILABLE_STATUSES = ("failed", "no_videos")
+UNAVAILABLE_STATUSES = ("failed", "no_videos", "not_retried")
+NOT_RETRIED = "not_retried"  # failed before on the same videos and settings: tried again only when asked
 # What the worker passes to VBench besides the videos (vbench_worker.py); part of every result's key.
 VBENCH_SETTINGS = {"vbench": "0.1.5", "mode": "vbench_standard", "local": False, "read_frame": False,
                    "imaging_quality_preprocessing_mode": "longer"}
@@ -58,7 +59,7 @@ DOWNLOAD_ERRORS = ("URLError", "HTTPError", "ConnectionError", "gaierror", "time
 class DimensionOutcome:
     mode: str
     dimension: str
-    status: str  # "done", "exists", "failed", "no_videos"
+    status: str  # "done", "exists", "failed", "no_videos", "not_retried"
     reason: str | None = None
     seconds: float = 0.0
     log: str | None = None
@@ -312,9 +313,12 @@ def run_vbench(
     full_info: str | os.PathLike | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    retry_failed: bool = False,
 ) -> list[DimensionOutcome]:
     """Evaluate every mode on every dimension that has no result for its current videos (see the module docstring).
-    Never raises for a dimension that cannot run: its outcome (and the status file) says why."""
+    Never raises for a dimension that cannot run: its outcome (and the status file) says why. A dimension that
+    failed before on the same videos and settings (e.g. a model VBench could not download) is not tried again
+    unless ``retry_failed`` (or ``overwrite``): its outcome is ``not_retried``, with the recorded reason."""
     from genmo_teacache.eval import vbench_env
 
     videos_dir, scores_dir = Path(videos_dir), Path(scores_dir)
@@ -371,10 +375,17 @@ def run_vbench(
                 if entry.get("inputs") != key:  # an older run's result, checked by dates: record its key now
                     record_outcome(scores_dir, DimensionOutcome(mode, dim, entry.get("status", "done"),
                                                                 inputs=key, videos=len(given)))
+            elif entry.get("status") == "failed" and entry.get("inputs") == key and not (overwrite or retry_failed):
+                outcomes.append(DimensionOutcome(mode, dim, NOT_RETRIED, entry.get("reason"), inputs=key,
+                                                 videos=len(given)))
             else:
                 if result.is_file() and not overwrite:
                     logger.info("VBench %s / %s: computing again: %s", mode, dim, why)
                 todo.append((mode, dim, given, key))
+    skipped = sum(o.status == NOT_RETRIED for o in outcomes)
+    if skipped:
+        logger.warning("VBench: %d mode/dimension(s) failed before on the same videos and settings and are not tried "
+                       "again (pass --retry-failed once they can run, e.g. with network access)", skipped)
     if outcomes:
         logger.info("VBench: %d mode/dimension results are kept (same videos and settings)", len(outcomes))
 
@@ -382,8 +393,9 @@ def run_vbench(
 
     for mode, dim, given, key in tqdm(todo, desc="VBench", unit="dim", disable=not todo):
         if not given:
-            outcome = DimensionOutcome(mode, dim, "no_videos", "no video is named after one of its prompts "
-                                       "({prompt}-{i}.mp4)")
+            outcome = DimensionOutcome(mode, dim, "no_videos", f"none of this mode's videos is of a prompt in "
+                                       f"{dim}'s list ({len(prompts.get(dim, []))} prompts of {Path(full_info).name}: "
+                                       "its videos are named {prompt}-{i}.mp4 after other prompts)")
         elif isinstance(python := python_for(dim), Exception):
             outcome = DimensionOutcome(mode, dim, "failed", environment_reason(python))
         else:
