@@ -164,3 +164,36 @@ def test_summary_and_read_logs(tmp_path):
     assert rows["fixed_0.1"]["computed_fraction"] == pytest.approx(0.5)
     assert rows["fixed_0.1"]["denoising_speedup"] == pytest.approx(1.8 / 0.8)
     assert "| fixed_0.1 | 2 | 1.0 ± 0.0 | 2.00x | 2.25x | 50% |" in format_summary(list(rows.values()))
+
+
+def test_an_unreadable_log_is_moved_aside_and_rebuilt(tmp_path, caplog):
+    jobs = make_jobs()
+    plan = BatchPlan(tmp_path, jobs, Settings(), 0, 3)
+    entry = finish(jobs[0], tmp_path)
+    plan.log_path.parent.mkdir(parents=True)
+    plan.log_path.write_text('{"runs": [{"mode": "other", "prompt": "a"')  # cut short by hand
+    session = prepare(plan)
+    session.close()
+    assert json.loads(plan.log_path.read_text())["runs"] == [entry]
+    kept = plan.log_path.with_name(plan.log_path.name + ".unreadable")
+    assert kept.read_text().startswith('{"runs": [{"mode": "other"') and "cannot be read: moved to" in caplog.text
+
+
+def test_the_reference_layout_resumes_cleans_and_logs_in_its_own_folders(tmp_path):
+    """<output-dir>/<mode>/<prompt>-<seed>.mp4, reports in .reports/, logs beside the mode folders."""
+    from genmo_teacache.batch.layout import REFERENCE
+
+    entries = [PromptEntry("a cat", 1)]
+    jobs = build_jobs(select_prompts(entries), parse_modes("mochi_baseline"), 2, 3, 8, REFERENCE)
+    assert [(j.sample, j.seed, j.video_relpath) for j in jobs] == [(3, 3, "mochi_baseline/a cat-3.mp4"),
+                                                                    (4, 4, "mochi_baseline/a cat-4.mp4")]
+    assert jobs[0].report_relpath == ".reports/mochi_baseline/a cat-3.json"
+    plan = BatchPlan(tmp_path, jobs, Settings(), 0, 1)
+    assert plan.log_path == tmp_path / "generation_log_0-1.json"
+    entry = finish(jobs[0], tmp_path)
+    stale = tmp_path / "mochi_baseline" / f"{TMP_PREFIX}a cat-4-abcd1234.mp4"
+    stale.write_bytes(b"half")
+    session = prepare(plan)
+    session.close()
+    assert not stale.exists() and [j.index for j in session.pending] == [1]
+    assert read_logs(tmp_path) == [entry]

@@ -150,3 +150,23 @@ def test_compare_results_refuses_a_results_folder_that_does_not_exist(tmp_path: 
     monkeypatch.chdir(tmp_path)  # neither default folder exists: nothing to compare is an error, not a table of dashes
     res = CliRunner().invoke(compare_command, ["--baseline", "b", "--output-json", str(tmp_path / "out" / "a.json")])
     assert res.exit_code == 2 and "no results" in res.output
+
+
+def test_corrupt_result_files_cost_their_own_numbers_not_the_table(hunyuan: Path, tmp_path: Path, caplog) -> None:
+    import shutil
+
+    scores = tmp_path / "scores"
+    shutil.copytree(hunyuan / "vbench_scores", scores)
+    broken = scores / "hunyuan_fixed_0.1" / "temporal_flickering_eval_results.json"
+    broken.write_text('{"temporal_flickering": [0.9')
+    (scores / "vbench_status.json").write_text("[not, a, status")
+    res = CliRunner().invoke(compare_command, ["--scores-dir", str(scores), "--fidelity-dir",
+                                               str(hunyuan / "fidelity_metrics"), "--output-json",
+                                               str(tmp_path / "out" / "all.json"),
+                                               "--baseline", "hunyuan_baseline"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert f"skipping unreadable VBench result {broken}" in caplog.text and "vbench_status.json cannot be read" in \
+        caplog.text
+    table = json.loads((tmp_path / "out" / "all.json").read_text())
+    assert "temporal_flickering" not in table["hunyuan_fixed_0.1"]["vbench_raw"]
+    assert "temporal_flickering" in table["hunyuan_baseline"]["vbench_raw"]

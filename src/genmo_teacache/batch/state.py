@@ -226,6 +226,12 @@ class GenerationLog:
         self.others: list[dict[str, Any]] = []
         own = {(job.mode, job.prompt, job.sample) for job in jobs}
         old = read_json(path)
+        if path.exists() and not (isinstance(old, dict) and isinstance(old.get("runs"), list)):
+            kept = path.with_name(path.name + ".unreadable")
+            path.replace(kept)  # nothing lost: the entries of other jobs it may hold stay readable by hand
+            logger.warning("%s cannot be read: moved to %s; this run's jobs are logged again from their reports (the "
+                           "entries of other jobs, e.g. other modes, come back when their batch runs again)", path,
+                           kept.name)
         runs = old.get("runs") if isinstance(old, dict) else None
         for run in runs if isinstance(runs, list) else []:
             if isinstance(run, dict) and _run_key(run) not in own:

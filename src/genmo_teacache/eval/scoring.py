@@ -146,8 +146,13 @@ def load_dimension_results(score_dir: str | os.PathLike) -> dict[str, DimensionR
     for path in sorted(score_dir.iterdir()):
         if not path.name.endswith(RESULT_SUFFIX) or path.name.startswith("."):
             continue
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected {{dimension: [mean, [per video]]}}, got {type(data).__name__}")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            logger.warning("skipping unreadable VBench result %s (%s): evaluate computes it again", path, err)
+            continue
         for dim, value in data.items():
             mean = float(value[0] if isinstance(value, list) else value)
             per_video: dict[str, float] | None = None

@@ -72,11 +72,20 @@ class DimensionOutcome:
 
 
 def load_status(scores_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
+    """``vbench_status.json``; empty, with a warning naming it, when it cannot be read (the results are then checked
+    against their videos by date, and the file is rewritten with the next outcome)."""
     path = Path(scores_dir) / STATUS_FILE
     if not path.is_file():
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = err
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        logger.warning("%s cannot be read (%s): the results beside it are checked against their videos by date, and "
+                       "it is written again", path, data if isinstance(data, Exception) else "not {mode: {...}}")
+        return {}
+    return data
 
 
 def unavailable_dimensions(mode_status: dict[str, dict[str, Any]], raw: dict[str, float]) -> dict[str, str]:
@@ -140,13 +149,14 @@ def scored_videos(result: dict[str, Any], dimension: str) -> list[str]:
 
 def stale_reason(result_file: Path, entry: dict[str, Any], given: dict[str, Path], key: str) -> str | None:
     """Why an existing result cannot be reused for the videos ``given`` under ``key``; None when it can."""
-    if "inputs" in entry:
-        return None if entry["inputs"] == key else "its videos or settings changed since it was computed"
     try:
-        with open(result_file) as f:
-            result = json.load(f)
+        result = json.loads(result_file.read_bytes().decode("utf-8"))
+        if not isinstance(result, dict):
+            raise ValueError(f"expected a JSON object, got {type(result).__name__}")
     except (OSError, ValueError) as err:
         return f"it cannot be read ({err})"
+    if "inputs" in entry:
+        return None if entry["inputs"] == key else "its videos or settings changed since it was computed"
     dimension = result_file.name[: -len(RESULT_SUFFIX)]
     names = {path.name for path in given.values()}
     gone = [n for n in scored_videos(result, dimension) if n not in names]
