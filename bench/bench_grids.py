@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
+from genmo_teacache.eval.fidelity import file_stamp  # noqa: E402
 from genmo_teacache.eval.grid import GridOptions, make_grids, plan_grids  # noqa: E402
 from genmo_teacache.video import write_json, write_video  # noqa: E402
 
@@ -73,13 +74,17 @@ def main() -> None:
             noise = np.random.default_rng(100 * p + k).normal(0, 2 + 2 * k, base.shape[1:])
             write_video(videos / mode / f"prompt {p}-0.mp4", np.clip(base + noise, 0, 255).astype(np.uint8))
     print(f"inputs written in {time.perf_counter() - t0:.1f} s ({root})", flush=True)
-    per_video = [{"video": f"prompt {p}-0.mp4", "psnr": 30.0, "ssim": 0.9, "lpips": 0.1} for p in range(args.prompts)]
+
+    def per_video(mode: str) -> list[dict]:  # as fidelity.py writes them: with the files they were measured on
+        names = [f"prompt {p}-0.mp4" for p in range(args.prompts)]
+        return [{"video": n, "psnr": 30.0, "ssim": 0.9, "lpips": 0.1, "baseline_file": file_stamp(
+            videos / "baseline" / n), "mode_file": file_stamp(videos / mode / n)} for n in names]
 
     results = {}
     for variant in args.variants.split(","):
         if variant == "evaluate" or variant == "diff":
             for mode in modes:
-                write_json(fidelity / "per_video" / f"{mode}_vs_baseline.json", per_video)
+                write_json(fidelity / "per_video" / f"{mode}_vs_baseline.json", per_video(mode))
         else:
             for path in (fidelity / "per_video").glob("*.json"):
                 path.unlink()

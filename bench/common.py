@@ -6,7 +6,6 @@ the JSON names, never extrapolated.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -86,10 +85,25 @@ def reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _results_dir() -> Path:
+    """``$OUT`` (default bench_results/), checked when a benchmark starts: a folder that cannot be written is found
+    before the GPU run, not after it."""
+    from genmo_teacache.video import OutputPathError, check_output_dir
+
+    try:
+        return check_output_dir(os.environ.get("OUT", "bench_results"), "$OUT")
+    except OutputPathError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+RESULTS_DIR = _results_dir()
+
+
 def write_results(name: str, results: dict[str, Any]) -> Path:
-    out = Path(os.environ.get("OUT", "bench_results")) / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_info(), "command": " ".join(sys.argv), **results}, indent=2))
+    from genmo_teacache.video import write_json
+
+    out = RESULTS_DIR / f"{name}.json"
+    write_json(out, {"device": device_info(), "command": " ".join(sys.argv), **results})
     print(f"wrote {out}", flush=True)
     return out
 
