@@ -14,6 +14,7 @@ video writing) runs on a CPU in seconds. Real weights have no config files and g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -128,7 +129,12 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
     return out
 
 
-DEMO_MODEL = "tiny_model"  # folder of the demo default inside the cache folder
+TINY_TEXT_ENCODER = 1  # version of _write_text_encoder's recipe: raise it when that code changes
+# The demo default's folder in the cache is named after what it is made from, so that a cache made by another
+# version of the recipe is never taken for this one (it is made again, in its own folder).
+DEMO_MODEL = "tiny_model-" + hashlib.sha256(json.dumps(
+    [TINY_DIT_KWARGS, TINY_DECODER_KWARGS, TINY_GENERATION_DEFAULTS, TINY_TEXT_ENCODER], sort_keys=True,
+    default=str).encode()).hexdigest()[:10]
 
 
 def default_model_dir() -> Path:

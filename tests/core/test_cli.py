@@ -175,8 +175,11 @@ def test_no_model_dir_runs_the_tiny_demo_model(tmp_path, monkeypatch):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "tiny RANDOM demo model" in first.stderr and "--model_dir" in first.stderr
-    model = tmp_path / "cache" / "tiny_model"
-    assert (model / "dit.safetensors").exists() and (model / "text_encoder" / "spiece.model").exists()
+    from genmo_teacache.tiny import DEMO_MODEL
+
+    model = tmp_path / "cache" / DEMO_MODEL  # named after what it is made from: another recipe, another folder
+    assert DEMO_MODEL.startswith("tiny_model-") and (model / "dit.safetensors").exists()
+    assert (model / "text_encoder" / "spiece.model").exists()
     (video,) = out.glob("*.mp4")
     assert read_video(video).shape == (7, 64, 64, 3)
     sidecar = json.loads(video.with_suffix(".json").read_text())
