@@ -87,3 +87,24 @@ def test_best_config_is_what_batch_takes(tiny_model_dir: Path, tmp_path: Path) -
                  "--modes", modes_line, "--num_steps", "8", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "videos/mochi_adaptive_0.12_0.04_h4/" in res.output
+
+
+@click.command()
+@click.pass_obj
+def _run_sweep_psnr(plan) -> None:
+    run_sweep(plan, [("c1", "fixed_0.1")], "psnr", device="cpu", baseline="mochi_baseline")
+
+
+def test_a_sweep_that_can_choose_nothing_fails_with_its_reason(tmp_path: Path) -> None:
+    """Every candidate's fidelity failed (here: videos that do not decode): the table says why, and the command
+    ends with exit 1, never a silent success."""
+    plan = _plan(tmp_path)
+    for job in plan.all_jobs:
+        job.video_path(plan.root).parent.mkdir(parents=True, exist_ok=True)
+        job.video_path(plan.root).write_bytes(b"not a video")
+    res = CliRunner().invoke(_run_sweep_psnr, obj=plan)
+    assert res.exit_code == 1, res.output
+    assert "No candidate has a value for psnr" in res.output and "no candidate has a value for psnr" in res.output
+    assert not (plan.root / "best_config.json").exists()
+    summary = json.loads((plan.root / "fidelity" / "fixed_0.1_vs_mochi_baseline.json").read_text())
+    assert summary["num_videos"] == 0 and len(summary["problems"]) == 2

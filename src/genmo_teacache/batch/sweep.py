@@ -295,4 +295,7 @@ def run_sweep(plan: BatchPlan, candidates: list[tuple[str, str]], metric: str,
         tail += (f"\nBest configuration: {best_file}; full run with it: {batch_command_line(modes, model_dir)} "
                  f"(or --modes \"$(cat {root / BEST_MODES})\")")
     click.echo("\n" + markdown + f"Tables: {root / 'sweep_results.csv'}, {root / 'sweep_results.md'}" + tail)
+    if best is None:  # the sweep chose nothing: never a silent success
+        raise click.ClickException(f"no candidate has a value for {metric}" + (f": {note}" if note else "")
+                                   + f"; see {root / 'sweep_results.md'} and the results in {root / 'fidelity'}")
     return best
