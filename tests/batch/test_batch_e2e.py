@@ -36,9 +36,10 @@ def expected_videos() -> set[str]:
 
 
 def batch_cmd(model_dir: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
+    # the script, in genmo-teacache batch's own layout (videos/, reports/, logs/)
     return [sys.executable, str(REPO / "vbench_eval" / "batch_generate.py"), "--model_dir", str(model_dir),
             "--prompts-file", str(prompts), "--output-dir", str(out), "--modes", ",".join(MODES), "--device", "cpu",
-            *SMALL, *extra]
+            "--layout", "batch", *SMALL, *extra]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -150,7 +151,7 @@ def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir,
     cmd = [sys.executable, str(REPO / "vbench_eval" / "run_adaptive_threshold_experiment.py"), "--model_dir",
            str(tiny_model_dir), "--prompts-file", str(prompts_file), "--output-dir", str(out), "--num-prompts", "2",
            "--configs", f"lo={MODES[1]},hi={MODES[2]}", "--metric", "psnr", "--device", "cpu", "--baseline",
-           MODES[0], *SMALL]
+           MODES[0], "--layout", "batch", *SMALL]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "0 to generate" in proc.stderr

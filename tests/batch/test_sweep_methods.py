@@ -43,7 +43,7 @@ def test_sweep_across_methods_with_ray_and_resume(tiny_model_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "vbench_eval" / "run_adaptive_threshold_experiment.py"), "--model_dir",
            str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir", str(out), "--num-prompts", "1",
            "--candidates", ",".join(modes.values()), "--calibration", str(cal), "--metric", "lpips", "--device", "cpu",
-           "--width", "64", "--height", "64", "--num_frames", "7", "--num_steps", str(STEPS)]
+           "--width", "64", "--height", "64", "--num_frames", "7", "--num_steps", str(STEPS), "--layout", "batch"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([*cmd, "--ray", "--num-workers", "1"], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
