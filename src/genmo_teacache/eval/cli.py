@@ -380,8 +380,11 @@ def compare_command(ctx: click.Context, scores_dir: Path, fidelity_dir: Path, ge
     baseline = baseline_of(baseline, chosen or sorted(named), where)
     if not chosen:  # VBench results, and fidelity results against this baseline
         chosen = sorted((scored | {m for m, against in fidelity if against == baseline}) - {baseline})
-    log_dir, warnings = log_dir_of(gen_log_dir, [Path("vbench_eval/videos"), Path("vbench_eval/logs"),
-                                                 scores_dir.parent / "logs", scores_dir.parent.parent / "logs"])
+    from genmo_teacache.batch.layout import BATCH
+
+    defaults = [Path("vbench_eval/videos"), Path("vbench_eval") / BATCH.logs, scores_dir.parent / BATCH.logs,
+                scores_dir.parent.parent / BATCH.logs]
+    log_dir, warnings = log_dir_of(gen_log_dir, defaults)
     try:
         check_output_file(output_json, "--output-json")
     except OutputPathError as err:
