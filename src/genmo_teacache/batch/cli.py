@@ -331,7 +331,8 @@ def _cuda_available() -> bool:
 @generation_options
 @prompt_options("outputs/vbench")
 @click.option("--modes", default=DEFAULT_MODES, show_default=True,
-              help="Comma-separated modes; each becomes videos/<mode>/ named as written. Reference names "
+              help="Comma-separated modes; each becomes a folder named as written (videos/<mode>/ in the batch "
+                   "layout), or FOLDER for FOLDER=MODE. Reference names "
                    "(mochi_baseline, mochi_fixed_0.04, mochi_adaptive_0.12_0.04, mochi_adaptive_f34s14l16, ...) or "
                    "any cache mode of any method (docs/METHODS.md): "
                    + "; ".join(line.strip() for line in syntax().splitlines())
