@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,15 +14,33 @@ from genmo_teacache.batch.sweep import (
     sweep_rows,
     to_csv,
     to_markdown,
+    write_best,
 )
+from genmo_teacache.generate import GenerationSettings
 
 
 def test_default_candidates_are_the_reference_ones():
-    # folders named like the reference experiment's (mochi_<mode>)
-    assert default_candidates(64) == [("c1", "mochi_adaptive_0.08_0.04"), ("c2", "mochi_adaptive_0.2_0.1"),
-                                      ("c3", "mochi_adaptive_0.12_0.04"), ("c4", "mochi_adaptive_0.16_0.1")]
-    assert default_candidates(16)[0] == ("c1", "mochi_adaptive_0.08_0.04_h8")
-    assert default_candidates(16, high_steps=5)[2] == ("c3", "mochi_adaptive_0.12_0.04_h5")
+    # folders named as the reference experiment's (mochi_adaptive_c1 .. c4), their modes FOLDER=MODE
+    assert default_candidates(64) == [("c1", "mochi_adaptive_c1=mochi_adaptive_0.08_0.04"),
+                                      ("c2", "mochi_adaptive_c2=mochi_adaptive_0.2_0.1"),
+                                      ("c3", "mochi_adaptive_c3=mochi_adaptive_0.12_0.04"),
+                                      ("c4", "mochi_adaptive_c4=mochi_adaptive_0.16_0.1")]
+    assert default_candidates(16)[0] == ("c1", "mochi_adaptive_c1=mochi_adaptive_0.08_0.04_h8")
+    assert default_candidates(16, high_steps=5)[2] == ("c3", "mochi_adaptive_c3=mochi_adaptive_0.12_0.04_h5")
+
+
+def test_rows_of_default_candidates_are_found_by_their_folder_and_name_their_mode(tmp_path):
+    """Logs and fidelity results are by folder; the best's --modes value is the mode that runs."""
+
+    candidates = default_candidates(16)[:2]
+    runs = [run("mochi_baseline", "p", 10.0, 10), run("mochi_adaptive_c1", "p", 5.0, 5),
+            run("mochi_adaptive_c2", "p", 4.0, 4)]
+    fidelity = {"mochi_adaptive_c1": {"psnr": {"mean": 30.0}}, "mochi_adaptive_c2": {"psnr": {"mean": 20.0}}}
+    rows = sweep_rows(runs, candidates, fidelity, baseline="mochi_baseline")
+    assert [(r["label"], r["method"], r["speedup"], r["psnr"]) for r in rows[1:]] == [
+        ("c1", "teacache", 2.0, 30.0), ("c2", "teacache", 2.5, 20.0)]
+    best = json.loads(write_best(tmp_path, rows, "psnr", GenerationSettings(num_steps=16)).read_text())
+    assert best["modes"] == "mochi_baseline,mochi_adaptive_0.08_0.04_h8"
 
 
 def test_parse_candidates():
