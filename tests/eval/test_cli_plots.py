@@ -164,7 +164,7 @@ def test_evaluate_says_each_na_reason_once_and_ends_with_the_table(tmp_path: Pat
     result = CliRunner().invoke(evaluate_command, ["--videos", str(tmp_path / "vb"), "--skip-fidelity",
                                                    "--dimensions", "human_action,color,scene"])
     assert result.exit_code == 0, result.output
-    reason = "no video is named after one of its prompts"
+    reason = "none of the videos is of a prompt in this dimension's list"
     assert result.output.count(reason) == 1, result.output
     assert "- n/a: mochi_baseline, fixed_0.1 / human_action, color, scene: " + reason in result.stdout
     assert "site-packages" not in result.output

@@ -70,7 +70,7 @@ def test_reference_fidelity_and_compare_commands_on_a_sweep_output(tmp_path: Pat
     assert json.loads((fid / "mochi_adaptive_0.12_0.04_vs_mochi_baseline.json").read_text())["num_videos"] == 1
     assert res.stdout.rstrip().splitlines()[-1].startswith("| mochi_adaptive_0.12_0.04 | ")  # ends with its table
     assert res.stdout.rstrip().splitlines()[-1].endswith(" | 1 |")  # the videos compared
-    res = CliRunner().invoke(compare_command, ["--scores-dir", str(tmp_path / "no-vbench"), "--fidelity-dir", str(fid),
+    res = CliRunner().invoke(compare_command, ["--fidelity-dir", str(fid),
                                                "--gen-log-dir", str(root / "videos"), "--output-json",
                                                str(tmp_path / "cmp" / "all_comparison_results.json")])
     assert res.exit_code == 0, res.output

@@ -83,7 +83,7 @@ def test_dimension_without_matching_videos_is_reported_not_zero(tmp_path: Path) 
     scores = tmp_path / "scores"
     # the flicker prompts belong to no other dimension: nothing to score for 'human_action'
     (outcome,) = vbench_runner.run_vbench(videos, ["static"], scores, dimensions=["human_action"])
-    assert outcome.status == "no_videos" and "none of this mode's videos is of a prompt in human_action's list" in \
+    assert outcome.status == "no_videos" and "none of the videos is of a prompt in this dimension's list" in \
         outcome.reason
     assert not (scores / "static" / f"human_action{RESULT_SUFFIX}").exists()
     assert vbench_runner.load_status(scores)["static"]["human_action"]["status"] == "no_videos"
@@ -127,7 +127,7 @@ def test_a_dimension_none_of_whose_prompts_the_videos_have_says_so(tmp_path: Pat
                                               str(tmp_path / "scores"), "--full-info", str(info),
                                               "--dimensions", "human_action"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "none of this mode's videos is of a prompt in human_action's list (0 prompts of i.json" in res.output
+    assert "static / human_action: none of the videos is of a prompt in this dimension's list (i.json)" in res.output
 
 
 def test_a_failed_dimension_is_not_retried_unless_asked(tmp_path: Path, monkeypatch) -> None:

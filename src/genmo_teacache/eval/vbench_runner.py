@@ -403,9 +403,9 @@ def run_vbench(
 
     for mode, dim, given, key in tqdm(todo, desc="VBench", unit="dim", disable=not todo):
         if not given:
-            outcome = DimensionOutcome(mode, dim, "no_videos", f"none of this mode's videos is of a prompt in "
-                                       f"{dim}'s list ({len(prompts.get(dim, []))} prompts of {Path(full_info).name}: "
-                                       "its videos are named {prompt}-{i}.mp4 after other prompts)")
+            outcome = DimensionOutcome(mode, dim, "no_videos", "none of the videos is of a prompt in this dimension's "
+                                       f"list ({Path(full_info).name}): they are named {{prompt}}-{{i}}.mp4 after "
+                                       "other prompts")
         elif isinstance(python := python_for(dim), Exception):
             outcome = DimensionOutcome(mode, dim, "failed", environment_reason(python))
         else:
