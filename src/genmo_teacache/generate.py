@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from genmo_teacache.caches import CacheConfig
-from genmo_teacache.video import atomic_path, write_json, write_video
+from genmo_teacache.files import atomic_path, write_json
+from genmo_teacache.video import write_video
 
 log = logging.getLogger(__name__)
 

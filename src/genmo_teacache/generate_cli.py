@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from genmo_teacache.caches import CacheConfig
+from genmo_teacache.files import OutputPathError, check_output_dir, check_output_file
 from genmo_teacache.generate import (
     DEFAULT_PROMPT,
     GenerationSettings,
@@ -32,7 +33,6 @@ from genmo_teacache.options import (
     settings_from_options,
 )
 from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address
-from genmo_teacache.video import OutputPathError, check_output_dir, check_output_file
 from genmo_teacache.weights import WeightsError, check_model_dir
 
 log = logging.getLogger(__name__)

@@ -166,7 +166,7 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(verdict.summary())
     if options["out"]:
-        from genmo_teacache.video import write_json
+        from genmo_teacache.files import write_json
 
         write_json(options["out"], {**asdict(verdict), "settings": asdict(settings), "model_dir":
                                     str(options["model_dir"]), "prompt": options["prompt"], "seed": options["seed"]})

@@ -24,7 +24,8 @@ from genmo_teacache.batch.state import (
     record_prompt_names,
     summarize,
 )
-from genmo_teacache.video import TMP_PREFIX, read_video, write_json, write_video
+from genmo_teacache.files import TMP_PREFIX, write_json
+from genmo_teacache.video import read_video, write_video
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table
 from genmo_teacache.batch.state import format_summary, read_logs, summarize
 from genmo_teacache.batch.sweep import sweep_options
 from genmo_teacache.caches import syntax
+from genmo_teacache.files import OutputPathError, check_output_dir
 from genmo_teacache.options import apply_model_defaults, generation_options, pipeline_kwargs, settings_from_options
 from genmo_teacache.parallel import check_ray_address
-from genmo_teacache.video import OutputPathError, check_output_dir
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ import numpy as np
 from genmo_teacache.batch.fingerprint import job_fingerprint, run_speed
 from genmo_teacache.batch.jobs import LOGS, Job, job_speed
 from genmo_teacache.batch.state import jsonable
+from genmo_teacache.files import atomic_path, file_identity, write_json
 from genmo_teacache.speed import SpeedOptions
-from genmo_teacache.video import atomic_path, encode_video, file_identity, write_json
+from genmo_teacache.video import encode_video
 
 logger = logging.getLogger(__name__)
 
