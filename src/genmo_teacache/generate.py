@@ -61,12 +61,12 @@ class GenerationSettings:
 
     def sampler_args(self, seed: int) -> dict[str, Any]:
         """The keyword arguments of upstream ``sample_model``."""
-        from genmo.mochi_preview.pipelines import linear_quadratic_schedule
+        from genmo_teacache.upstream import pipelines as up
 
         return dict(
             seed=seed, width=self.width, height=self.height, num_frames=self.num_frames,
             num_inference_steps=self.num_steps, cfg_schedule=[self.cfg_scale] * self.num_steps,
-            sigma_schedule=linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
+            sigma_schedule=up.linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
         )
 
 

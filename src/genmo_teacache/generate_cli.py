@@ -60,7 +60,7 @@ Job = tuple[str, int, GenerationSettings, CacheConfig]
 def generate_command(ctx: click.Context, **options: Any) -> None:
     """Generate a Mochi 1 video with the native pipeline, skipping DiT passes with a step cache (TeaCache by
     default). Without --model_dir it runs the tiny random demo model (noise), to try the pipeline out."""
-    from genmo.lib.progress import progress_bar
+    from genmo_teacache.upstream import progress_bar
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = resolve_model_dir(options)

@@ -19,14 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from genmo_teacache import compat
-
-compat.apply()
-
-import genmo.mochi_preview.dit.joint_model.asymm_models_joint as upstream_dit  # noqa: E402
-import genmo.mochi_preview.dit.joint_model.context_parallel as cp  # noqa: E402
-from genmo.mochi_preview.dit.joint_model.layers import RMSNorm  # noqa: E402
-from genmo.mochi_preview.dit.joint_model.mod_rmsnorm import modulated_rmsnorm  # noqa: E402
+from genmo_teacache.upstream import RMSNorm, cp, modulated_rmsnorm
+from genmo_teacache.upstream import asymm_dit as upstream_dit
 
 AsymmDiTJoint = upstream_dit.AsymmDiTJoint
 

@@ -27,17 +27,8 @@ import torch
 import torch.distributed as dist
 from einops import repeat
 
-from genmo_teacache import compat
-
-compat.apply()
-
-import genmo.mochi_preview.dit.joint_model.context_parallel as cp  # noqa: E402
-from genmo.lib.progress import get_new_progress_bar  # noqa: E402
-from genmo.mochi_preview.pipelines import compute_packed_indices  # noqa: E402
-from genmo.mochi_preview.vae.vae_stats import dit_latents_to_vae_latents  # noqa: E402
-
-from genmo_teacache.caches import CacheConfig, StepRecord  # noqa: E402
-from genmo_teacache.caches.base import (  # noqa: E402
+from genmo_teacache.caches import CacheConfig, StepRecord
+from genmo_teacache.caches.base import (
     AFTER_FIRST_BLOCK,
     FIRST_BLOCK_RESIDUAL,
     MODEL,
@@ -46,7 +37,8 @@ from genmo_teacache.caches.base import (  # noqa: E402
     ModifierState,
     Policy,
 )
-from genmo_teacache.caches.teacache import TeaCache  # noqa: E402
+from genmo_teacache.caches.teacache import TeaCache
+from genmo_teacache.upstream import cp, dit_latents_to_vae_latents, get_new_progress_bar, pipelines
 
 SPATIAL_DOWNSAMPLE = 8
 TEMPORAL_DOWNSAMPLE = 6
@@ -345,7 +337,7 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
         branches = [_Branch("batched", conditioning["batched"], shared)]
         z = repeat(z, "b ... -> (repeat b) ...", repeat=2)
     for b in branches:
-        b.cond["packed_indices"] = compute_packed_indices(device, b.cond["y_mask"][0], num_latents)
+        b.cond["packed_indices"] = pipelines.compute_packed_indices(device, b.cond["y_mask"][0], num_latents)
     batched = branches[0].name == "batched"
     local = [branches[dist.get_rank(branch_group)]] if branch_group is not None else branches
 

@@ -407,9 +407,9 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         return dit
     check_speed_options(options, next(dit.parameters()).device)
     if options.dit_dtype == "bf16":
-        from genmo.mochi_preview.pipelines import cast_dit
+        from genmo_teacache.upstream import pipelines
 
-        cast_dit(dit, torch.bfloat16)
+        pipelines.cast_dit(dit, torch.bfloat16)
     if options.fp8_linear:
         log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
     if options.fp8_mm:
