@@ -68,13 +68,14 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
     jobs = _sweep_jobs(options) if options["sweep_file"] else [
         (options["prompt"], options["seed"], settings_from_options(**options), cache_from_options(**options))]
     _check_jobs(jobs, options)
+    pipeline = pipeline_kwargs(options)
     try:
         check_model_dir(options["model_dir"], text_encoder_dir=options["text_encoder_dir"],
                         lora_path=options["lora_path"])
     except WeightsError as e:
         raise click.ClickException(str(e)) from None
     try:
-        pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
+        pipe = load_pipeline(options["model_dir"], **pipeline)
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         raise click.ClickException(str(e)) from None
     for i, (prompt, seed, s, c) in enumerate(jobs):
@@ -83,7 +84,7 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
                               observe_only=options["delta_temni_plot"])
         video = Path(options["save_file"] or Path(options["out_dir"]) / f"output_{int(time.time())}_{i}_{c.name}.mp4")
         arguments = {"prompt": prompt, "seed": seed, "model_dir": options["model_dir"], **asdict(s),
-                     **pipeline_kwargs(options)}
+                     **pipeline, **pipeline["speed"].record()}  # speed: its spec, and every field
         paths = save_result(result, video, arguments=arguments, delta_temni=options["delta_temni_plot"],
                             latents_path=options["save_latents"], exclusive=not options["save_file"])
         click.echo(summary_text(result.report, result.timings, result.peak_memory_gb))

@@ -14,6 +14,7 @@ import click
 from genmo_teacache.caches import CacheConfig, parse_mode, syntax
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
 from genmo_teacache.generate import GENERATION_DEFAULTS_FILE, GenerationSettings
+from genmo_teacache.speed import speed_from_options
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ generation_options = compose(
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit",
-                 "attention_kernel", "fp8_linear", "fp8_mm", "speed_preset")
+                 "num_gpus", "cfg_parallel", "ray_address")  # and ``speed``, from the speed options (speed.py)
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +139,13 @@ def settings_from_options(**options: Any) -> GenerationSettings:
 
 
 def pipeline_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options[k] for k in PIPELINE_KEYS if k in options}
+    """The keyword arguments of ``generate.load_pipeline``: the pipeline options, and ``speed``, the one
+    :class:`~genmo_teacache.speed.SpeedOptions` of ``--speed_preset`` with the speed options given on top."""
+    try:
+        speed = speed_from_options(options)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return {**{k: options[k] for k in PIPELINE_KEYS if k in options}, "speed": speed}
 
 
 # -- the cache --------------------------------------------------------------------------------------------------
