@@ -120,18 +120,30 @@ def test_command_line_options_go_on_top_of_a_preset():
         merge_speed(None, turbo=True)
 
 
+def setting(name: str) -> SpeedOptions:
+    """Valid options in which the field ``name`` differs from its default: a spec token, alone or after bf16."""
+    for spec in (*speed._TOKENS, *(f"bf16+{t}" for t in speed._TOKENS)):
+        try:
+            options = parse_speed(spec)
+        except ValueError:
+            continue
+        if getattr(options, name) != getattr(SpeedOptions(), name):
+            return options
+    raise AssertionError(f"no spec token sets {name}: add one to speed._TOKENS")
+
+
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(SpeedOptions)])
 def test_every_speed_option_is_reachable_from_the_command_line_and_recorded(name, tmp_path):
     """For every field of SpeedOptions (whatever it is called): a valid set of options in which it differs from its
-    default, written as command-line flags named after the fields, comes out of the command line as that one
-    object (with and without a preset under it), and the fingerprint records the field."""
+    default (a spec token, alone or after bf16), written as command-line flags named after the fields, comes out of
+    the command line as that one object (with and without a preset under it), and the fingerprint records the
+    field."""
     from genmo_teacache.batch.cli import batch_command
     from genmo_teacache.batch.fingerprint import pipeline_fingerprint
     from genmo_teacache.generate_cli import generate_command
     from genmo_teacache.options import pipeline_kwargs
 
-    default = getattr(SpeedOptions(), name)
-    options = next(o for o in all_valid_options() if getattr(o, name) != default)
+    options = setting(name)
     flags = []
     for f in dataclasses.fields(SpeedOptions):
         value = getattr(options, f.name)
