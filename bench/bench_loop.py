@@ -52,7 +52,7 @@ def main() -> None:
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     speed = (parse_speed(args.speed) if args.speed else
-             SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile))
+             SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile_dit=args.compile))
     check_speed_options(speed, device)
     dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None, speed=speed)
     w, h = (64, 64) if args.tiny else (848, 480)

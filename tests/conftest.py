@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,3 +19,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     if cached and (Path(cached) / "dit.safetensors").exists():
         return Path(cached)
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def method_calibration(tmp_path_factory) -> Path:
+    """The calibration file of the methods' test modes (``Method.test_modes``, 8-step tiny runs): TeaCache's default
+    polynomial (so its decisions are the default ones) and magnitude ratios a few percent from 1."""
+    from genmo_teacache.coefficients import Rescale
+
+    default = Rescale()
+    path = tmp_path_factory.mktemp("cal") / "cal.json"
+    path.write_text(json.dumps({"coefficients": list(default.coefficients), "x_max": default.x_max,
+                                "mag_ratios": [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, 8)]}))
+    return path

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from genmo_teacache.caches import CacheConfig
-from genmo_teacache.video import atomic_path, write_json, write_video
+from genmo_teacache.files import atomic_path, write_json
+from genmo_teacache.speed import SpeedOptions, check_speed_options
+from genmo_teacache.video import write_video
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,12 @@ class GenerationSettings:
 
     def sampler_args(self, seed: int) -> dict[str, Any]:
         """The keyword arguments of upstream ``sample_model``."""
-        from genmo.mochi_preview.pipelines import linear_quadratic_schedule
+        from genmo_teacache.upstream import pipelines as up
 
         return dict(
             seed=seed, width=self.width, height=self.height, num_frames=self.num_frames,
             num_inference_steps=self.num_steps, cfg_schedule=[self.cfg_scale] * self.num_steps,
-            sigma_schedule=linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
+            sigma_schedule=up.linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
         )
 
 
@@ -91,21 +93,15 @@ def resolve_device(device: str) -> str:
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
-                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
-                  attention_kernel: str = "sdpa", fp8_linear: bool = False, fp8_mm: bool = False,
-                  speed_preset: str | None = None,
-                  cfg_parallel: bool = False):
+                  speed: SpeedOptions | None = None, cfg_parallel: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``, ``fp8_mm``: see
-    ``genmo_teacache.speed`` (defaults = upstream); ``speed_preset`` (a preset or spec) is applied first and
-    the options given with other than their default values go on top. ``num_gpus`` > 1: context parallelism over
+    ``speed``: how the DiT runs (:class:`genmo_teacache.speed.SpeedOptions`; None = upstream's way; a preset is
+    ``speed.PRESETS["fast"]`` or ``speed.parse_speed("bf16+compile")``). ``num_gpus`` > 1: context parallelism over
     them, or with ``cfg_parallel`` the two CFG branches on two halves of them (each half context-parallel if it has
     more than one GPU)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
-    from genmo_teacache.speed import check_speed_options, merge_speed
 
-    speed = merge_speed(speed_preset, dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit,
-                        attention_kernel=attention_kernel, fp8_linear=fp8_linear, fp8_mm=fp8_mm)
+    speed = speed or SpeedOptions()
     device = resolve_device(device)
     check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:

@@ -28,21 +28,16 @@ import socket
 from functools import partial
 from typing import Any
 
+import ray
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
-from genmo_teacache import compat
-
-compat.apply()
-
-import ray  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from genmo.lib.progress import progress_bar  # noqa: E402
-from genmo.mochi_preview import pipelines as up  # noqa: E402
-
-from genmo_teacache.caches import CacheConfig  # noqa: E402
-from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address  # noqa: E402
-from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap  # noqa: E402
+from genmo_teacache.caches import CacheConfig
+from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address
+from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap
+from genmo_teacache.upstream import cp, progress_bar
+from genmo_teacache.upstream import pipelines as up
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +81,6 @@ class RankContext:
         return ray.util.get_node_ip_address(), _free_port()
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        import genmo.mochi_preview.dit.joint_model.context_parallel as cp
-
         self.device = torch.device("cuda:0") if self.device_type == "cuda" else torch.device("cpu")
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)

@@ -20,23 +20,19 @@ import numpy as np
 import torch
 
 from genmo_teacache import compat
-
-compat.apply()
-
-from genmo.lib.utils import Timer  # noqa: E402
-from genmo.mochi_preview import pipelines as up  # noqa: E402
-from genmo.mochi_preview.vae.models import (  # noqa: E402
+from genmo_teacache.caches import CacheConfig
+from genmo_teacache.model import TeaCacheAsymmDiTJoint, init_random_dit
+from genmo_teacache.sampler import CacheReport, sample_model
+from genmo_teacache.speed import SpeedOptions, apply_speed_options
+from genmo_teacache.upstream import (
     Decoder,
+    Timer,
     decode_latents,
     decode_latents_tiled_full,
     decode_latents_tiled_spatial,
 )
-
-from genmo_teacache.caches import CacheConfig  # noqa: E402
-from genmo_teacache.model import TeaCacheAsymmDiTJoint, init_random_dit  # noqa: E402
-from genmo_teacache.sampler import CacheReport, sample_model  # noqa: E402
-from genmo_teacache.speed import SpeedOptions, apply_speed_options  # noqa: E402
-from genmo_teacache.weights import RANDOM_WEIGHTS_KEY, check_model_dir  # noqa: E402
+from genmo_teacache.upstream import pipelines as up
+from genmo_teacache.weights import RANDOM_WEIGHTS_KEY, check_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -17,21 +17,30 @@ and how far it moves the outputs.
   capability 8.9 or newer.
 - ``fp8_mm``: the same layers in FP8 without torchao (:class:`FP8Linear`): e4m3 weights with one scale per output
   channel, activations quantised per token on every call, multiplied by ``torch._scaled_mm``; the quantisation
-  is plain tensor code that ``compile`` fuses. Needs bf16 weights; checked by a small product on the device.
-- ``compile``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
+  is plain tensor code that ``compile_dit`` fuses. Needs bf16 weights; checked by a small product on the device.
+- ``compile_dit``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
 
 Options are written as a spec, ``"+"``-joined tokens (``"bf16+fa3_fp8+compile"``) or a preset name
 (``PRESETS``): the same string names them on the command line and after ``@`` in a mode name
 (``fixed_0.04@fast``), see :func:`split_mode`.
+
+One :class:`SpeedOptions` travels from the command line to the DiT: each field is the command-line option of
+the same name (``--dit_dtype``, ``--compile_dit``, ...), :func:`speed_from_options` merges them with
+``--speed_preset``, ``generate.load_pipeline(..., speed=...)`` takes the object, batch's plan and the fingerprint
+(:meth:`SpeedOptions.record`) carry it, and :func:`apply_speed_options` applies it. Adding an option touches this
+module (the field, its check in ``__post_init__``, its spec token in ``spec`` and ``_TOKENS``, what applies it) and
+its click declaration in ``options.generation_options``, nothing else: tests/core/test_speed.py checks that every
+field is reachable from the command line and recorded in the fingerprint.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +68,7 @@ class SpeedOptionError(ValueError):
 class SpeedOptions:
     dit_dtype: str = "fp32"
     sdpa_backend: str = "auto"
-    compile: bool = False
+    compile_dit: bool = False
     attention_kernel: str = "sdpa"
     fp8_linear: bool = False
     fp8_mm: bool = False
@@ -100,9 +109,16 @@ class SpeedOptions:
             tokens.append("fp8_linear")
         if self.fp8_mm:
             tokens.append("fp8_mm")
-        if self.compile:
+        if self.compile_dit:
             tokens.append("compile")
         return "+".join(tokens)
+
+    def record(self) -> dict[str, Any]:
+        """``{"speed": spec, <every field>: value}``: what fingerprints and sidecars record."""
+        return {"speed": self.spec(), **asdict(self)}
+
+
+SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))  # each one also the name of its command-line option
 
 
 # Named combinations, from docs/BENCHMARKS.md section 7 (H200, 163 frames, one forward; upstream's default
@@ -113,16 +129,16 @@ class SpeedOptions:
 # as bf16 weights + compile alone).
 PRESETS: dict[str, SpeedOptions] = {
     "default": SpeedOptions(),
-    "fastest": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8", fp8_mm=True),
-    "fast": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8"),
-    "fast_bf16": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3"),
+    "fastest": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3_fp8", fp8_mm=True),
+    "fast": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3_fp8"),
+    "fast_bf16": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3"),
 }
 
 # token -> the fields it sets
 _TOKENS: dict[str, dict[str, object]] = {
     "fp32": {"dit_dtype": "fp32"},
     "bf16": {"dit_dtype": "bf16"},
-    "compile": {"compile": True},
+    "compile": {"compile_dit": True},
     "fp8_linear": {"fp8_linear": True},
     "fp8_mm": {"fp8_mm": True},
     **{f"sdpa_{b}": {"sdpa_backend": b} for b in SDPA_BACKENDS},
@@ -157,7 +173,7 @@ def parse_speed(spec: str) -> SpeedOptions:
 
 def merge_speed(preset: str | None, **options: object) -> SpeedOptions:
     """The options of a command line: ``preset`` (a spec, see :func:`parse_speed`) with the explicitly given
-    options on top. An option left at its default value does not override the preset."""
+    options on top. An option left at its default value (or None) does not override the preset."""
     defaults = asdict(SpeedOptions())
     unknown = set(options) - set(defaults)
     if unknown:
@@ -167,12 +183,22 @@ def merge_speed(preset: str | None, **options: object) -> SpeedOptions:
     return SpeedOptions(**base)
 
 
+PRESET_OPTION = "speed_preset"  # the command-line option naming a preset or spec; the others are the fields
+
+
+def speed_from_options(options: Mapping[str, Any]) -> SpeedOptions:
+    """The speed options a command line gives (click's keyword arguments, or any mapping with the same keys):
+    ``speed_preset`` with the fields given on top (:func:`merge_speed`); other keys are ignored. Raises ValueError
+    naming a bad preset or combination."""
+    return merge_speed(options.get(PRESET_OPTION), **{k: options.get(k) for k in SPEED_FIELDS})
+
+
 MODE_SEPARATOR = "@"
 
 
 def split_mode(mode: str) -> tuple[str, SpeedOptions | None]:
     """A mode name with speed options: ``"fixed_0.04@fast"`` -> ("fixed_0.04", PRESETS["fast"]);
-    ``"baseline@bf16+compile"`` -> ("baseline", SpeedOptions(dit_dtype="bf16", compile=True));
+    ``"baseline@bf16+compile"`` -> ("baseline", SpeedOptions(dit_dtype="bf16", compile_dit=True));
     ``"fixed_0.04"`` -> ("fixed_0.04", None) (the run's own options apply)."""
     base, sep, spec = mode.partition(MODE_SEPARATOR)
     if not sep:
@@ -407,16 +433,16 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         return dit
     check_speed_options(options, next(dit.parameters()).device)
     if options.dit_dtype == "bf16":
-        from genmo.mochi_preview.pipelines import cast_dit
+        from genmo_teacache.upstream import pipelines
 
-        cast_dit(dit, torch.bfloat16)
+        pipelines.cast_dit(dit, torch.bfloat16)
     if options.fp8_linear:
         log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
     if options.fp8_mm:
         log.info("FP8 linear layers (torch._scaled_mm): %d converted", len(use_fp8_mm(dit)))
     if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
-    if options.compile:
+    if options.compile_dit:
         if options.fp8_linear:
             log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "
                         "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
@@ -427,5 +453,3 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
     log.info("DiT speed options: %s", options.spec())
     return dit
 
-
-SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))

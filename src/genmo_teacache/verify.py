@@ -54,11 +54,10 @@ def upstream_latents(model_dir: Path, conditioning: dict[str, Any], device: Any,
                      sampler_args: dict[str, Any]) -> tuple[Any, str]:
     """Upstream's sample_model on upstream's DiT. Returns (latents on the CPU, what built the DiT)."""
     import torch
-    from genmo.mochi_preview import pipelines as up
-    from genmo.mochi_preview.dit.joint_model.asymm_models_joint import AsymmDiTJoint
 
-    from genmo_teacache.model import init_random_dit
+    from genmo_teacache.model import AsymmDiTJoint, init_random_dit
     from genmo_teacache.pipelines import dit_kwargs, read_model_config
+    from genmo_teacache.upstream import pipelines as up
     from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
 
     config = read_model_config(model_dir, "dit_config.json")
@@ -92,11 +91,11 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
            cache_mode: str = "baseline", calibration: str | None = None, **pipeline: Any) -> Verdict:
     """Upstream against ours (see the module docstring). ``pipeline``: :func:`generate.load_pipeline`'s options."""
     import torch
-    from genmo.mochi_preview import pipelines as up
 
     from genmo_teacache.caches import parse_mode
     from genmo_teacache.generate import load_pipeline, resolve_device
     from genmo_teacache.pipelines import resolve_attention_mode
+    from genmo_teacache.upstream import pipelines as up
 
     model_dir = Path(model_dir)
     cache = parse_mode(cache_mode, calibration)
@@ -166,7 +165,7 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(verdict.summary())
     if options["out"]:
-        from genmo_teacache.video import write_json
+        from genmo_teacache.files import write_json
 
         write_json(options["out"], {**asdict(verdict), "settings": asdict(settings), "model_dir":
                                     str(options["model_dir"]), "prompt": options["prompt"], "seed": options["seed"]})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from genmo_teacache.batch.execute import settings_dict
+from genmo_teacache.batch.execute import JobOptions, settings_dict
 from genmo_teacache.batch.jobs import BatchError, build_jobs, select_prompts
 from genmo_teacache.batch.naming import parse_modes
 from genmo_teacache.batch.prompts import PromptEntry
@@ -24,7 +24,8 @@ from genmo_teacache.batch.state import (
     record_prompt_names,
     summarize,
 )
-from genmo_teacache.video import TMP_PREFIX, read_video, write_json, write_video
+from genmo_teacache.files import TMP_PREFIX, write_json
+from genmo_teacache.video import read_video, write_video
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def test_prompt_names_record_only_mapped_prompts(tmp_path):
 
 def test_generation_log_is_in_job_order_and_rebuilt_on_resume(tmp_path):
     jobs = make_jobs()
-    plan = BatchPlan(tmp_path, jobs, Settings(), 0, 3)
+    plan = BatchPlan(JobOptions(str(tmp_path), Settings()), jobs, 0, 3)
     for job in (jobs[5], jobs[1]):
         finish(job, tmp_path)
     (tmp_path / "videos" / jobs[2].mode).mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,7 @@ def test_split_plans_cover_every_job_once(tmp_path):
     jobs = make_jobs(samples=1)
     owned = []
     for k in range(3):
-        plan = BatchPlan(tmp_path, jobs, Settings(), 0, 3, gpu_id=k, total_gpus=3)
+        plan = BatchPlan(JobOptions(str(tmp_path), Settings()), jobs, 0, 3, gpu_id=k, total_gpus=3)
         owned += [j.index for j in plan.jobs]
         assert plan.log_path.name == f"generation_log_0-3_gpu{k}of3.json"
         table = format_job_table(plan)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, plain, sample, write_calibration
+from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, plain, sample
 from click.testing import CliRunner
 
 from genmo_teacache.caches import CacheConfig, parse_mode
@@ -25,8 +25,8 @@ from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
 
 @pytest.fixture(scope="module")
-def cal(tmp_path_factory):
-    return write_calibration(tmp_path_factory.mktemp("cal") / "cal.json")
+def cal(method_calibration):
+    return method_calibration
 
 
 @pytest.fixture(scope="module")

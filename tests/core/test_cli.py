@@ -80,7 +80,7 @@ def test_bad_input_fails_before_loading_with_the_value_named(tiny_model_dir, ext
 def test_atomic_writes_leave_usual_permissions(tmp_path):
     import os
 
-    from genmo_teacache.video import write_json
+    from genmo_teacache.files import write_json
 
     write_json(tmp_path / "a.json", {"x": 1})
     umask = os.umask(0)

@@ -30,8 +30,9 @@ from genmo_teacache.batch.fingerprint import differences, job_fingerprint
 from genmo_teacache.batch.jobs import LOGS, PROMPT_NAMES, REPORTS, VIDEOS, BatchError, Job
 from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
+from genmo_teacache.files import TMP_PREFIX, file_identity, write_json
 from genmo_teacache.speed import MODE_SEPARATOR
-from genmo_teacache.video import TMP_PREFIX, VideoWriteError, file_identity, verify_video, write_json
+from genmo_teacache.video import VideoWriteError, verify_video
 
 logger = logging.getLogger(__name__)
 

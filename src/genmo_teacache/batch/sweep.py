@@ -31,8 +31,8 @@ from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_logs, summarize
 from genmo_teacache.caches import is_baseline, method_key, parse_mode
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.files import atomic_path
 from genmo_teacache.speed import split_mode
-from genmo_teacache.video import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import Method, StepRecord
+from genmo_teacache.caches.base import Method, Policy, StepRecord
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class Baseline(Method):
     prefixes: ClassVar[tuple[str, ...]] = ("baseline",)
     syntax: ClassVar[str] = "baseline"
     enabled: ClassVar[bool] = False
+    test_modes: ClassVar[tuple[str, ...]] = ("baseline", "baseline")
 
     @classmethod
     def parse(cls, name: str, calibration: Any = None) -> Baseline:
@@ -32,9 +33,6 @@ class Baseline(Method):
         return 1.0
 
 
-class NoCachePolicy:
-    def reset(self, num_steps: int) -> None:
-        self.num_steps = num_steps
-
+class NoCachePolicy(Policy):
     def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
         return StepRecord(step, sigma, 0.0, None, None, 0.0, True, "no_cache")

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from genmo_teacache.video import TMP_PREFIX
+from genmo_teacache.files import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
 

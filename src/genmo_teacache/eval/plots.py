@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from genmo_teacache.eval import scoring
 from genmo_teacache.eval.tables import Comparison
-from genmo_teacache.video import atomic_path
+from genmo_teacache.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

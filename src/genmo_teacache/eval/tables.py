@@ -32,7 +32,7 @@ from typing import Any
 from genmo_teacache.eval import scoring
 from genmo_teacache.eval.timing import ModeTiming, load_timings, shared_videos, speedups
 from genmo_teacache.eval.vbench_runner import load_status, unavailable_dimensions
-from genmo_teacache.video import atomic_path, write_json
+from genmo_teacache.files import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
