@@ -20,6 +20,8 @@ Everything but the page lives here as plain functions, so that it is tested with
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import logging
 import math
 import os
@@ -483,9 +485,10 @@ def build_app(runner: Runner, *, random_model: bool = False) -> Any:
                     compare=v[compare], device=runner.device,
                     modifiers=[(p, v[text]) for p, tick, text in modifier_fields if v[tick]])
             except ValueError as e:
-                raise gr.Error(str(e), title="Invalid input", duration=None, print_exception=False) from None
+                # the toast renders HTML: escaped, "fixed_<t>" in a mode's syntax stays visible
+                raise gr.Error(html.escape(str(e)), duration=None, print_exception=False) from None
             for warning in request.warnings:
-                gr.Warning(warning)
+                gr.Warning(html.escape(warning))
             job = runner.run(request, phase=lambda text: progress(0, desc=text))
             c = job.comparison
             return {video: str(job.video), summary: summary_markdown(job), steps_plot: str(job.steps_plot),
@@ -517,10 +520,8 @@ def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, out_di
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (set before gradio is imported)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the local server
-    try:
-        import gradio as gr
-    except ImportError:
-        raise click.ClickException('the web UI needs Gradio: pip install -e ".[ui]"') from None
+    if importlib.util.find_spec("gradio") is None:
+        raise click.ClickException('the web UI needs Gradio: pip install -e ".[ui]"')
     from genmo_teacache.video import OutputPathError, check_output_dir
     from genmo_teacache.weights import WeightsError, check_model_dir
 
@@ -538,8 +539,7 @@ def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, out_di
         raise click.ClickException(str(e)) from None
     demo = build_app(runner, random_model=random_model)
     demo.queue(default_concurrency_limit=1)
-    # system fonts only: the default theme would fetch its fonts from the web
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])
+    # no share link, no server-side rendering (node), nothing fetched from the web: the default theme's fonts are
+    # served by Gradio itself (the browser test blocks every other host)
     demo.launch(server_name=host, server_port=port, share=False, show_error=True, allowed_paths=[str(out)],
-                theme=theme, ssr_mode=False, mcp_server=False, pwa=False)
+                ssr_mode=False, mcp_server=False, pwa=False)
