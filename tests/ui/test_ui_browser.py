@@ -31,6 +31,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SMALL = {"width": "64", "height": "64", "num-frames": "7", "num-steps": "4"}
 TIMEOUT_MS = 180_000  # one job on 2 busy CPU cores takes seconds; a loaded CI machine gets slack
+SCREENSHOT_ENV = "GENMO_TEACACHE_UI_SCREENSHOT"  # a path: test_comparison saves the page there (the README's)
 PROGRESS_OBSERVER = """() => {
   window.__progress = [];
   new MutationObserver(() => {
@@ -163,14 +164,15 @@ class Session:
             route.abort()
 
     def fill(self, *, prompt: str, seed: int, method: str | None = "teacache: fixed", parameters: str = "0.1",
-             compare: bool = False, **fields: str) -> None:
-        """The form; ``method``: a label of the method dropdown to choose (None: keep the default, adaptive)."""
+             compare: bool = False, small: bool = True, **fields: str) -> None:
+        """The form; ``method``: a label of the method dropdown to choose (None: keep the default, adaptive);
+        ``small``: 64x64, 7 frames, 4 steps instead of the page's defaults (the tiny model's)."""
         page = self.page
         if method is not None:
             self.choose("method", method)
         page.locator("#prompt textarea").fill(prompt)
         page.locator("#seed input").fill(str(seed))
-        for elem_id, value in {**SMALL, **fields}.items():
+        for elem_id, value in {**(SMALL if small else {}), **fields}.items():
             page.locator(f"#{elem_id} input").fill(value)
         self.parameters().fill(parameters)
         if compare:
@@ -291,7 +293,8 @@ def test_comparison(session: Session, lpips_model, tmp_path: Path) -> None:
 
     from genmo_teacache.eval.fidelity import FidelityScorer
 
-    session.fill(prompt="a blue cube", seed=6, parameters="0.1", compare=True)
+    # at the page's defaults, the tiny model's (128x128, 19 frames, 16 steps): what a user first sees
+    session.fill(prompt="a blue cube", seed=6, parameters="0.1", compare=True, small=False)
     session.generate(wait_for="Prompt: a blue cube")
     page = session.page
     expect(page.locator("#comparison")).to_contain_text("fixed_0.1 against the baseline", timeout=TIMEOUT_MS)
@@ -299,7 +302,7 @@ def test_comparison(session: Session, lpips_model, tmp_path: Path) -> None:
     assert set(files) == {"fixed_0.1.mp4", "fixed_0.1.json", "baseline.mp4", "baseline.json", "comparison.mp4"}
     expect(page.locator("#grid video")).to_have_attribute("src", files["comparison.mp4"])
     grid = read_video(session.fetch(files["comparison.mp4"], tmp_path / "grid.mp4"))
-    assert grid.shape[0] == 7 and grid.shape[2] > 2 * 256  # two tiles side by side, enlarged to 256 px
+    assert grid.shape[0] == 19 and grid.shape[2] > 2 * 256  # two tiles side by side, enlarged to 256 px
 
     # the numbers on the page are the evaluation's on the two videos served
     base = session.fetch(files["baseline.mp4"], tmp_path / "baseline.mp4")
@@ -313,6 +316,24 @@ def test_comparison(session: Session, lpips_model, tmp_path: Path) -> None:
     speedup = logs["baseline"]["timings"]["total_s"] / logs["fixed_0.1"]["timings"]["total_s"]
     assert rows["speedup"][1].startswith(f"{speedup:.2f}x")
     assert logs["baseline"]["skipped_steps"] == 0 and logs["baseline"]["arguments"]["seed"] == 6
+    if os.environ.get(SCREENSHOT_ENV):  # the README's picture
+        save_screenshot(page, Path(os.environ[SCREENSHOT_ENV]))
+
+
+def save_screenshot(page, path: Path) -> None:
+    """The page down to the comparison, videos at their first frame, in 64 colours (the noise of the random
+    model does not compress: a full PNG would be several times larger)."""
+    from PIL import Image
+
+    page.evaluate("for (const v of document.querySelectorAll('video')) { v.pause(); v.currentTime = 0; }")
+    page.wait_for_timeout(500)
+    bottom = page.evaluate("document.querySelector('#comparison').getBoundingClientRect().bottom + window.scrollY")
+    full = path.with_suffix(".full.png")
+    page.screenshot(path=str(full), full_page=True)
+    with Image.open(full) as im:
+        im.convert("RGB").crop((0, 0, im.width, int(bottom) + 16)).quantize(
+            colors=64, dither=Image.Dither.NONE).save(path, optimize=True)
+    full.unlink()
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -160,6 +160,11 @@ def test_a_job_and_a_comparison_on_the_tiny_model(tiny_model_dir: Path, tmp_path
     assert grid["tiles"][1]["psnr"] == c.psnr and grid["tiles"][1]["lpips"] == c.lpips
     text = ui.comparison_markdown(job)
     assert f"{c.psnr:.2f} dB" in text and f"{c.lpips:.4f}" in text and f"{c.speedup:.2f}x" in text
+    above = max(c.speedup, c.denoising_speedup) > report["ideal_speedup"]
+    assert ("above the ideal" in text) == above  # a speedup beyond what the skipped work allows is called noise
+
+    assert job.cold and ui.COLD_NOTE in text and ui.COLD_NOTE in summary  # the first job pays the warm-up
 
     again = runner.run(request(seed=4), phases.append)
     assert again.folder != job.folder and again.comparison is None and ui.comparison_markdown(again) == ""
+    assert not again.cold and ui.COLD_NOTE not in ui.summary_markdown(again)
