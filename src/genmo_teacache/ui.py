@@ -266,8 +266,8 @@ class Runner:
                                             settings=request.settings))
             self._warm = request.speed
             arguments = {**request.arguments(), "model_dir": self.model_dir, "started_at": started, "cold": cold}
-            paths = [save_result(r, folder / f"{name}.mp4", arguments=arguments)
-                     for r, (_, name) in zip(results, runs)]
+            paths = [save_result(r, folder / f"{name}.mp4", arguments={**arguments, "cache_mode": cache.name})
+                     for r, (cache, name) in zip(results, runs)]
             plot = write_steps_plot(results[0].report, folder / STEPS_PLOT)
             comparison = None
             if request.compare:

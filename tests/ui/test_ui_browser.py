@@ -316,6 +316,7 @@ def test_comparison(session: Session, lpips_model, tmp_path: Path) -> None:
     speedup = logs["baseline"]["timings"]["total_s"] / logs["fixed_0.1"]["timings"]["total_s"]
     assert rows["speedup"][1].startswith(f"{speedup:.2f}x")
     assert logs["baseline"]["skipped_steps"] == 0 and logs["baseline"]["arguments"]["seed"] == 6
+    assert logs["baseline"]["arguments"]["cache_mode"] == "baseline" and logs["baseline"]["arguments"]["compare"]
     if os.environ.get(SCREENSHOT_ENV):  # the README's picture
         save_screenshot(page, Path(os.environ[SCREENSHOT_ENV]))
 
