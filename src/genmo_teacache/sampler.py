@@ -186,6 +186,7 @@ class _StepCache:
             outs = self.exchange(outs, ran)
         for m in self.mods:
             m.fill(step, outs, ran)
+            m.annotate(record)
         if last:
             self.residual_stats(record, last)
         if self.method.indicator == MODEL_IO:
