@@ -16,32 +16,36 @@ from genmo_teacache.batch.state import read_logs, summarize
 pytestmark = pytest.mark.slow
 
 SMALL = ["--num_steps", "6", "--num_frames", "7", "--width", "64", "--height", "64"]
-NOISE = 2.5  # identical work on a shared 2-core machine: times within this factor of each other
+NOISE = 3.0  # identical work on a shared 2-core machine (other processes come and go): times within this factor
 
 
 def test_identical_work_in_two_modes_takes_the_same_time_warm_up_apart(tiny_model_dir, tmp_path):
+    """Four jobs of identical work and shape (baseline and fixed_0.0, two samples each) in one pipeline: the first
+    pays the warm-up (compile), reported apart; its time is then that of the others, and so is each mode's."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat playing the piano\n")
     out = tmp_path / "out"
     res = CliRunner().invoke(batch_command, [
         "--model_dir", str(tiny_model_dir), "--prompts-file", str(prompts), "--output-dir", str(out),
-        "--modes", "baseline,fixed_0.0", "--device", "cpu", "--compile_dit", *SMALL], catch_exceptions=False)
+        "--modes", "baseline,fixed_0.0", "--num-samples", "2", "--device", "cpu", "--compile_dit", *SMALL,
+        "--no-background-write"],  # on 2 CPU cores the encoder thread would slow the next job's first steps
+        catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    runs = {r["mode"]: r for r in read_logs(out)}
-    base, zero = runs["baseline"], runs["fixed_0.0"]
-    assert base["cache"]["dit_calls"] == zero["cache"]["dit_calls"] == 12  # the same work
-    # the pipeline's first job paid the warm-up (compile), reported apart; the second found every shape warm
-    assert base["timings"]["warmup_s"] > 0 and zero["timings"]["warmup_s"] == 0
-    assert base["timings"]["warmup_s"] > NOISE * base["timings"]["denoising_s"], "compile should dominate"
-    for key in ("denoising_s", "total_s"):
-        ratio = base["timings"][key] / zero["timings"][key]
-        assert 1 / NOISE < ratio < NOISE, (key, base["timings"], zero["timings"])
-    assert base["time_seconds"] == base["timings"]["total_s"]  # the job's latency leaves the warm-up out
-    steps = {m: json.loads((out / "reports" / m / "a cat playing the piano-0.json").read_text())["generation"]["steps"]
-             for m in runs}
-    first = [steps[m][0]["seconds"] for m in ("baseline", "fixed_0.0")]
-    assert max(first) / min(first) < NOISE, first  # step 0 carries no compile
-    (row,) = [r for r in summarize(read_logs(out)) if r["mode"] == "fixed_0.0"]
-    assert row["ideal_speedup"] == 1.0 and row["skipped_nothing"]
-    assert 1 / NOISE < row["speedup"] < NOISE
-    assert ("speedup" in row["noise"]) == (row["speedup"] > 1.0)  # above 1.0 is noise: it skipped nothing
+    runs = {(r["mode"], r["sample"]): r for r in read_logs(out)}
+    first, others = runs.pop(("baseline", 0)), list(runs.values())
+    timings = [first["timings"]] + [r["timings"] for r in others]
+    assert {r["cache"]["dit_calls"] for r in [first, *others]} == {12}  # the same work
+    # the pipeline's first job paid the warm-up (compile), reported apart; the others found the shape warm
+    assert first["timings"]["warmup_s"] > 0 and all(r["timings"]["warmup_s"] == 0 for r in others), timings
+    assert first["time_seconds"] == first["timings"]["total_s"]  # the job's latency leaves the warm-up out
+    for key in ("denoising_s", "total_s"):  # it used to carry the compile: many times the others' time
+        rest = [r["timings"][key] for r in others]
+        assert min(rest) / NOISE < first["timings"][key] < NOISE * max(rest), (key, timings)
+    step0 = {key: json.loads((out / "reports" / key[0] / f"a cat playing the piano-{key[1]}.json").read_text())[
+        "generation"]["steps"][0]["seconds"] for key in [("baseline", 0), *runs]}
+    assert step0[("baseline", 0)] < NOISE * max(v for k, v in step0.items() if k != ("baseline", 0)), step0
+    rows = {r["mode"]: r for r in summarize(read_logs(out))}
+    assert 1 / NOISE < rows["fixed_0.0"]["denoising_speedup"] < NOISE  # two modes, the same work
+    assert rows["fixed_0.0"]["ideal_speedup"] == 1.0 and rows["fixed_0.0"]["skipped_nothing"]
+    # it skipped nothing: a measured speedup above 1.0 is noise, and flagged
+    assert ("speedup" in rows["fixed_0.0"]["noise"]) == (rows["fixed_0.0"]["speedup"] > 1.0)
