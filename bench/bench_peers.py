@@ -141,7 +141,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in conds.items()}, progress=False,
-                               synchronize_steps=True, cache=CacheConfig.baseline() if policy is None else None,
+                               cache=CacheConfig.baseline() if policy is None else None,
                                policy=policy, **sampler_args)
         sync()
         loop_s = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import numpy as np
 from genmo_teacache.caches import CacheConfig
 from genmo_teacache.files import atomic_path, write_json
 from genmo_teacache.speed import SpeedOptions, check_speed_options
+from genmo_teacache.speedup import is_noise
 from genmo_teacache.video import write_video
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,8 @@ def write_delta_temni(video_path: Path, report: dict[str, Any]) -> tuple[Path, P
 
 
 def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: float | None) -> str:
-    """A one-paragraph summary of what the cache skipped and where the time went: what was measured, and what is
-    an estimate from it."""
+    """A one-paragraph summary of what the cache skipped and where the time went: what was measured (synchronised
+    step times, warm-up apart), and what is an estimate from it; a gain above the ideal is called noise."""
     steps = report["steps"]
     # steps that ran every CFG branch (a CFG cache's cond-only steps run half the forwards)
     full = max((len(s.get("branches") or ()) for s in steps), default=0)
@@ -185,13 +186,19 @@ def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: flo
         skip = f", a skipped one {np.median(skipped):.3g} s" if skipped else ""
         est = (f" Measured: a computed step {typical:.3g} s (median){skip}, the loop {loop:.1f} s. Estimated from "
                f"those step times, an uncached loop would take {uncached:.1f} s")
-        if uncached / loop >= 1.02:
-            est += (f": caching made denoising about {uncached / loop:.2f}x faster (ideal "
-                    f"{report['ideal_speedup']:.2f}x).")
+        gain, ideal = uncached / loop, report["ideal_speedup"]
+        if is_noise(gain, ideal):
+            est += (f": {gain:.2f}x, above the {ideal:.2f}x that the forwards it skipped allow at most: noise (the "
+                    f"step times varied more than what was skipped saved), not a result.")
+        elif gain >= 1.02:
+            est += f": caching made denoising about {gain:.2f}x faster (ideal {ideal:.2f}x)."
         else:
             est += (f": no gain measurable in this run (what it skipped saved less than the step times vary; "
                     f"ideal {report['ideal_speedup']:.2f}x).")
     mem = f" Peak GPU memory {peak_gb:.1f} GiB." if peak_gb is not None else ""
+    if timings.get("warmup_s"):
+        mem = (f" Warm-up {timings['warmup_s']:.1f} s apart (the pipeline's first run of this shape: compile, lazy "
+               f"initialisation), in none of the times above.") + mem
     warn = "".join(f"\nNote: {w}" for w in report.get("warnings", []))
     cond_only = f" ({report['cond_only_steps']} cond-only)" if report.get("cond_only_steps") else ""
     return (f"Mode {report['mode']}: computed {report['computed_steps']} of {report['num_steps']} steps{cond_only}, "

@@ -76,6 +76,7 @@ class RankContext:
         self.factories, self.rank, self.world_size, self.device_type = factories, rank, world_size, device_type
         self.cfg_size = 2 if cfg_parallel else 1
         self.cp_size = world_size // self.cfg_size
+        self.warmed: set = set()  # kept across generations, as the single-device pipeline keeps it
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
@@ -130,6 +131,7 @@ class RankContext:
         pipe.device, pipe.cpu_offload, pipe.decode_type, pipe.decode_args = self.device, False, "full", {}
         pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
                                                                      self.decoder)
+        pipe.warmed = self.warmed
         with progress_bar(type="ray_tqdm" if progress else "none", enabled=progress and self.rank == 0):
             out = pipe.generate(progress=progress and self.rank == 0, branch_group=self.branch_group, **kwargs)
         return {"out": out if self.rank == 0 else None, "rank": self.rank,

@@ -35,6 +35,11 @@ token grid of the whole video (latent frames, rows and columns after patching). 
 CFG-parallel (``branch_group``): the two CFG branches run on two ranks (each with the whole model, or its own
 context-parallel group); each step's outputs are exchanged once, and both ranks combine them exactly as one GPU
 does, so the latents are bit-identical to one GPU's.
+
+Timing: each step's time is taken after synchronising its device (on a GPU a step's kernels would otherwise run on
+into the next step's time), on every rank. What the first call of an input shape costs beyond the work itself
+(torch.compile, lazy CUDA / cuBLAS / cuDNN initialisation, kernel loading) is taken by an untimed warm-up pass
+(:func:`warm_up`) and reported apart (``CacheReport.warmup_s``), out of every step time.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class CacheReport:
     step_seconds: list[float] = field(default_factory=list)
     dit_calls: int = 0  # DiT forwards over all CFG branches (a batched-CFG call counts once)
     warnings: list[str] = field(default_factory=list)
+    warmup_s: float = 0.0  # the warm-up pass before step 0 (0 when the DiT had run this shape before)
 
     @property
     def computed_steps(self) -> int:
@@ -104,6 +110,7 @@ class CacheReport:
             "cond_only_steps": self.cond_only_steps,
             "ideal_speedup": self.ideal_speedup,
             "dit_calls": self.dit_calls,
+            "warmup_s": self.warmup_s,
             "warnings": self.warnings,
             "steps": [dict(r.to_dict(), seconds=s) for r, s in zip(self.steps, self.step_seconds)],
         }
@@ -193,6 +200,7 @@ class _StepCache:
             outs = self.exchange(outs, ran)
         for m in self.mods:
             m.fill(step, outs, ran)
+            m.annotate(record)
         if last:
             self.residual_stats(record, last)
         learnt = self.indicator.update(self, step, record.computed, outs)
@@ -260,9 +268,46 @@ class _StepCache:
         return full
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _compiled(dit: torch.nn.Module) -> bool:
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in dit.modules())
+
+
+def warm_up(dit: torch.nn.Module, local: list[_Branch], z: torch.Tensor, sigma_t: torch.Tensor, warm: set) -> float:
+    """Run the DiT once on step 0's inputs for each local CFG branch whose input shape it has not run before
+    (outputs dropped, no cache state touched, the conditioning not memoised); ``warm`` holds the shapes it ran, kept
+    by the pipeline across generations. Returns the seconds it took (0.0 when every branch was warm).
+
+    A shape is the latent's, and with compiled blocks (``dynamic=False``) also the branch's text length: they compile
+    again for each (the cond and uncond branches apart, and the cond branch for each prompt's length). Ranks that
+    share a branch share its key, so their collectives stay in step."""
+    compiled = _compiled(dit)
+    cold = []
+    for b in local:
+        texts = tuple(b.cond["y_mask"][0].sum(dim=-1).tolist()) if compiled else None
+        key = (tuple(z.shape), str(z.device), texts)
+        if key not in warm and key not in [k for k, _ in cold]:
+            cold.append((key, b))
+    if not cold:
+        return 0.0
+    _sync(z.device)
+    t0 = time.perf_counter()
+    for key, b in cold:
+        c = b.cond
+        inputs = dit(z, sigma_t, c["y_feat"], c["y_mask"], c["packed_indices"], {}, phase="prepare")
+        dit(dit(inputs, phase="blocks"), inputs, phase="finish")
+        warm.add(key)
+    _sync(z.device)
+    return time.perf_counter() - t0
+
+
 def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning: dict[str, Any], *,
                  cache: CacheConfig | None = None, observe_only: bool = False, progress: bool = True,
-                 synchronize_steps: bool = False, policy: Policy | None = None, branch_group: Any = None,
+                 policy: Policy | None = None, branch_group: Any = None, warm: set | None = None,
                  **args: Any) -> SampleResult:
     """Upstream ``sample_model`` plus caching. Returns latents (as upstream returns them) and the cache report.
 
@@ -270,7 +315,9 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
     skipping (and, per step, how the blocks' residual changed: calibration). ``policy`` replaces the one ``cache``
     describes (benchmarks: ``PatternPolicy``, which measures and reuses as its ``method`` does). ``branch_group``: a
     process group of 2 ranks over which the cond (its rank 0) and uncond (its rank 1) branches are split
-    (CFG-parallel)."""
+    (CFG-parallel). ``warm``: the input shapes the DiT has run (the pipeline's); given, a shape not in it gets an
+    untimed warm-up pass first (:func:`warm_up`), reported as ``report.warmup_s``. Every step is timed after
+    synchronising the device."""
     device = torch.device(device)
     cache = cache or CacheConfig.baseline()
     random.seed(args["seed"])
@@ -340,18 +387,23 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
         assert out_cond.shape == out_uncond.shape
         return out_uncond + cfg_scale * (out_cond - out_uncond)
 
+    def sigma_t(sigma: float) -> torch.Tensor:
+        return torch.full([B * 2] if batched else [B], sigma, device=z.device)
+
+    if warm is not None:
+        with autocast:
+            report.warmup_s = warm_up(dit, local, z, sigma_t(sigma_schedule[0]), warm)
+    _sync(device)
     steps = range(0, sample_steps)
     bar = get_new_progress_bar(steps, desc=f"Sampling ({cache.name})") if progress else steps
     for i in bar:
         t0 = time.perf_counter()
         sigma = sigma_schedule[i]
         dsigma = sigma - sigma_schedule[i + 1]
-        pred = model_fn(z=z, sigma_t=torch.full([B * 2] if batched else [B], sigma, device=z.device),
-                        cfg_scale=cfg_schedule[i], step=i, sigma=sigma)
+        pred = model_fn(z=z, sigma_t=sigma_t(sigma), cfg_scale=cfg_schedule[i], step=i, sigma=sigma)
         assert pred.dtype == torch.float32
         z = z + dsigma * pred
-        if synchronize_steps and device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)  # the step's kernels finish in its own time, not the next step's
         report.step_seconds.append(time.perf_counter() - t0)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(computed=report.computed_steps, skipped=report.skipped_steps, refresh=False)

@@ -66,7 +66,7 @@ def check_outputs(out: Path) -> dict:
     assert sorted(keys) == sorted((m, p, 0) for m in MODES for p in PROMPTS)
     for r in log["runs"]:
         assert set(r) >= {"mode", "prompt", "time_seconds", "sample", "seed", "video", "timings", "cache"}
-        assert set(r["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "total_s"}
+        assert set(r["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "total_s", "warmup_s"}
         assert r["cache"]["computed_steps"] + r["cache"]["skipped_steps"] == 6
         assert r["seed"] == 0 and r["video"] in videos
         if r["mode"] == "baseline":

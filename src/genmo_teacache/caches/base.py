@@ -58,6 +58,8 @@ class StepRecord:
     residual_ratio: float | None = None
     mag_ratio: float | None = None  # MagCache: the calibrated magnitude ratio this step used
     rate: float | None = None  # EasyCache: the transformation rate k in force when it decided
+    # CFG cache, on a cond-only step: how many steps before this one the reused cond-uncond difference was measured
+    difference_age: int | None = None
     # which CFG branches ran the DiT this step (filled by the sampler; a CFG-cache modifier may drop one)
     branches: list[str] | None = None
 
@@ -204,6 +206,7 @@ class ModifierState:
     * ``run_branches``: on a computed step, the CFG branches that run the DiT (a CFG cache drops ``uncond``);
     * ``fill``: afterwards, put the outputs of branches that did not run into ``outputs`` (and learn from those that
       did); called on every step with the branches that ran (none on a skipped step);
+    * ``annotate``: then write what it did this step into the step's record (the sidecar's per-step fields);
     * ``history``: how many cached values (the reused quantity of past computed steps) the sampler keeps per branch,
       newest last, and ``estimate``: what a skipped step reuses, from that history (forecasting).
     """
@@ -217,6 +220,9 @@ class ModifierState:
         return branches
 
     def fill(self, step: int, outputs: dict, ran: list[str]) -> None:
+        pass
+
+    def annotate(self, record: StepRecord) -> None:
         pass
 
     def estimate(self, step: int, history: list) -> Any:
