@@ -1,0 +1,93 @@
+"""The block-sparse kernel (FlexAttention over whole blocks) and Sparse VideoGen's online head classification.
+
+On a GPU, ``torch.compile(flex_attention)`` runs only the kept blocks, all of them whole (listed as "full" blocks:
+no element mask is evaluated); it compiles once per sequence length and pattern shape. Without compile (CPU),
+``flex_attention`` runs its reference implementation, which materialises every score and applies only the element
+mask, so the same block pattern is also given as an element mask (``exact=True``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+_compiled: Callable | None = None
+
+
+def compiled_flex() -> Callable:
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(flex_attention, dynamic=False)
+    return _compiled
+
+
+def _kv_lists(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, heads, q blocks, kv blocks) bool -> counts (B, heads, q blocks) and the kv block indices, kept first."""
+    counts = keep.sum(-1, dtype=torch.int32)
+    indices = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts, indices
+
+
+_FROM_KV = inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
+def block_mask(keep: torch.Tensor, seq_len: int, block: int, *, exact: bool) -> BlockMask:
+    """A FlexAttention ``BlockMask`` whose kept blocks are all "full" (no element mask on the fused kernel).
+    ``keep`` is (B or 1, heads or 1, q blocks, kv blocks) bool on the attention's device. ``exact`` adds the same
+    pattern as an element mask, for ``flex_attention`` run without compile (its reference implementation reads only
+    that)."""
+    counts, indices = _kv_lists(keep)
+    mask_mod = None
+    if exact:
+        per_batch, per_head = keep.shape[0] > 1, keep.shape[1] > 1
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return keep[b if per_batch else 0, h if per_head else 0, q_idx // block, kv_idx // block]
+
+    kwargs = {"compute_q_blocks": False} if "compute_q_blocks" in _FROM_KV else {}
+    return BlockMask.from_kv_blocks(torch.zeros_like(counts), indices, counts, indices, BLOCK_SIZE=block,
+                                    mask_mod=mask_mod, seq_lengths=(seq_len, seq_len), **kwargs)
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, block: int, *,
+                           compiled: bool) -> torch.Tensor:
+    """Attention of (B, heads, S, D) tensors over the kept blocks of ``keep`` (B or 1, heads or 1, S/block, S/block;
+    the last block may be partial)."""
+    mask = block_mask(keep, q.shape[-2], block, exact=not compiled)
+    fn = compiled_flex() if compiled else flex_attention
+    return fn(q, k, v, block_mask=mask)
+
+
+def sampled_rows(visual: int, count: int, seed: int) -> torch.Tensor:
+    """``count`` query positions drawn uniformly (with replacement, as Sparse VideoGen's ``torch.randint``) from the
+    visual tokens, from their own generator: the run's random state is left alone and reruns draw the same."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, visual, (count,), generator=g)
+
+
+def pattern_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, patterns: torch.Tensor,
+                   block: int) -> torch.Tensor:
+    """Sparse VideoGen's profiling (svg/models/hyvideo/attention.py, ``sample_mse``): the sampled query ``rows``
+    attend to every key (the reference) and under each pattern (masked softmax); the mean squared difference of
+    the outputs, per pattern and head: (patterns, B, heads). ``patterns`` is (P, q blocks, kv blocks) bool over the
+    same (reordered) sequence as q, k, v."""
+    rows = rows.to(q.device)
+    scale = q.shape[-1] ** -0.5
+    scores = (q[:, :, rows] @ k.transpose(-1, -2)).float() * scale  # (B, H, R, S)
+    reference = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    key_block = torch.arange(k.shape[-2], device=q.device) // block
+    errors = []
+    for keep in patterns:
+        allowed = keep[rows // block][:, key_block]  # (R, S)
+        out = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype) @ v
+        errors.append((out.float() - reference.float()).pow(2).mean(dim=(-1, -2)))
+    return torch.stack(errors)
+
+
+def classify_heads(errors: torch.Tensor) -> torch.Tensor:
+    """The pattern each head runs: the one of least error (``argmin``, ties to the first, as Sparse VideoGen's
+    ``best_mask_idx``). (patterns, B, heads) -> (B, heads) int64."""
+    return errors.argmin(dim=0)
