@@ -8,7 +8,6 @@ mask, so the same block pattern is also given as an element mask (``exact=True``
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -31,9 +30,6 @@ def _kv_lists(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts, indices
 
 
-_FROM_KV = inspect.signature(BlockMask.from_kv_blocks).parameters
-
-
 def block_mask(keep: torch.Tensor, seq_len: int, block: int, *, exact: bool) -> BlockMask:
     """A FlexAttention ``BlockMask`` whose kept blocks are all "full" (no element mask on the fused kernel).
     ``keep`` is (B or 1, heads or 1, q blocks, kv blocks) bool on the attention's device. ``exact`` adds the same
@@ -47,9 +43,10 @@ def block_mask(keep: torch.Tensor, seq_len: int, block: int, *, exact: bool) -> 
         def mask_mod(b, h, q_idx, kv_idx):
             return keep[b if per_batch else 0, h if per_head else 0, q_idx // block, kv_idx // block]
 
-    kwargs = {"compute_q_blocks": False} if "compute_q_blocks" in _FROM_KV else {}
-    return BlockMask.from_kv_blocks(torch.zeros_like(counts), indices, counts, indices, BLOCK_SIZE=block,
-                                    mask_mod=mask_mod, seq_lengths=(seq_len, seq_len), **kwargs)
+    # no partial blocks: their count is 0 and their index list a distinct zero tensor (passing the full list twice
+    # makes one aliased kernel input, which inductor's CPU template fails to compile)
+    return BlockMask.from_kv_blocks(torch.zeros_like(counts), torch.zeros_like(indices), counts, indices,
+                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len))
 
 
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, block: int, *,

@@ -1,0 +1,147 @@
+"""Oracles for the block-sparse kernel and the head classification, on CPU: FlexAttention over the kept blocks equals
+a masked softmax in fp32 by plain math; density 1 equals dense attention through the same kernel; the state's
+sparse attention (reorder, kernel, inverse reorder) equals plain math with the same mask in upstream's token order;
+Sparse VideoGen's rule picks the spatial pattern for heads built to attend within frames and the temporal one for
+heads built to attend across frames."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
+
+from genmo_teacache.sparse import SparseAttentionState, SparseHeads, SparseTile
+from genmo_teacache.sparse.kernel import block_sparse_attention, classify_heads, pattern_errors
+
+HEAD_DIM = 32  # the tiny DiT's (128 // 4 heads); the full-size model has 128
+
+
+def masked_softmax_attention(q, k, v, mask):
+    """The oracle: softmax(q k^T / sqrt(d) masked to -inf where ``mask`` is False) v, in float32."""
+    q, k, v = q.float(), k.float(), v.float()
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def random_keep(b, h, blocks, seed, share=0.3):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(b, h, blocks, blocks, generator=g) < share
+    keep |= torch.eye(blocks, dtype=torch.bool)  # every row keeps at least one block
+    return keep
+
+
+def element_mask(keep, seq_len, block):
+    idx = torch.arange(seq_len) // block
+    return keep[:, :, idx][:, :, :, idx]
+
+
+@pytest.mark.parametrize("seq_len, block, heads_in_mask", [(300, 16, 3), (300, 16, 1), (64, 8, 3), (257, 32, 1)])
+def test_block_sparse_attention_equals_masked_softmax(seq_len, block, heads_in_mask):
+    """Sequence lengths that are not multiples of the block: the last block is partial and bounded by the kernel."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 3, seq_len, HEAD_DIM) for _ in range(3))
+    keep = random_keep(1, heads_in_mask, -(-seq_len // block), seed=seq_len)
+    out = block_sparse_attention(q, k, v, keep, block, compiled=False)
+    expected = masked_softmax_attention(q, k, v, element_mask(keep, seq_len, block))
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_density_one_equals_dense_attention_through_the_same_kernel():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(1, 4, 200, HEAD_DIM) for _ in range(3))
+    keep = torch.ones(1, 1, 13, 13, dtype=torch.bool)
+    out = block_sparse_attention(q, k, v, keep, 16, compiled=False)
+    torch.testing.assert_close(out, flex_attention(q, k, v), atol=0, rtol=0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_kernel_reads_the_block_lists_alone():
+    """On a GPU the kernel sees only the lists of kept blocks (all "full", no element mask); compiled on CPU the
+    same path (inductor's FlexAttention template) must give the masked softmax too. Compiling takes ~40 s."""
+    torch.manual_seed(2)
+    seq_len, block = 300, 128
+    q, k, v = (torch.randn(1, 2, seq_len, HEAD_DIM) for _ in range(3))
+    keep = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.bool)[None, None].repeat(1, 2, 1, 1)
+    keep[0, 1, 0, 1] = True  # the heads differ
+    out = block_sparse_attention(q, k, v, keep, block, compiled=True)
+    expected = masked_softmax_attention(q, k, v, element_mask(keep, seq_len, block))
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+
+
+def state_for(config, grid, tile=(1, 2, 2), step=5):
+    state = SparseAttentionState(config, depth=3, tile=tile)
+    state.grid = grid
+    state.reset(10)
+    state.begin_step(step)
+    return state
+
+
+def upstream_order_mask(state, seq_len, pattern_of_head):
+    """The plan's block pattern as an element mask over upstream's token order: token i sits at position
+    ``inverse[i]`` of the reordered sequence, in block ``inverse[i] // block``."""
+    plan = state.plan(seq_len, torch.device("cpu"))
+    blk = plan.inverse // plan.block
+    return torch.stack([plan.keep[p][blk][:, blk] for p in pattern_of_head])[None]
+
+
+@pytest.mark.parametrize("grid, text", [((4, 8, 8), 5), ((3, 5, 7), 0), ((2, 6, 10), 11)])
+def test_sparse_tile_equals_plain_math_with_the_same_mask_in_upstreams_order(grid, text):
+    torch.manual_seed(3)
+    seq_len = math.prod(grid) + text
+    q, k, v = (torch.randn(1, 4, seq_len, HEAD_DIM) for _ in range(3))
+    state = state_for(SparseTile(0.3), grid)
+    out = state.attend(1, q, k, v)
+    mask = upstream_order_mask(state, seq_len, [0])
+    assert mask[..., math.prod(grid):].all() and mask[..., math.prod(grid):, :].all()  # text both ways
+    torch.testing.assert_close(out, masked_softmax_attention(q, k, v, mask), atol=2e-6, rtol=1e-5)
+    record = state.end_step()
+    assert record["layer_density"][1] == pytest.approx(state.plan(seq_len, q.device).densities[0].item(), abs=1e-5)
+    assert record["density"] < 0.31 and record["calls"] == 1
+
+
+def test_density_one_through_the_state_equals_dense_attention():
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(1, 4, 4 * 8 * 8 + 5, HEAD_DIM) for _ in range(3))
+    for config in (SparseTile(1.0), SparseHeads(1.0)):
+        out = state_for(config, (4, 8, 8)).attend(1, q, k, v)
+        torch.testing.assert_close(out, flex_attention(q, k, v), atol=2e-6, rtol=1e-5)
+
+
+def constructed_heads(grid, text=4, strength=6.0):
+    """Head 0 attends within its own frame (q = k = a one-hot of the frame), head 1 across frames at its own spatial
+    tile (one-hot of the 2x2 spatial tile); scores of strength**2/sqrt(d) = 6.4 against 0. Upstream's token order."""
+    T, H, W = grid
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    frame = F.one_hot(t.flatten(), HEAD_DIM).float()
+    place = F.one_hot(((h // 2) * (W // 2) + w // 2).flatten(), HEAD_DIM).float()
+    g = torch.Generator().manual_seed(5)
+    text_qk = torch.randn(text, HEAD_DIM, generator=g) * 0.1
+    qk = torch.stack([torch.cat([frame, text_qk]), torch.cat([place, text_qk])])[None] * strength
+    v = torch.randn(1, 2, math.prod(grid) + text, HEAD_DIM, generator=g)
+    return qk, qk.clone(), v
+
+
+def test_head_classification_follows_the_published_rule_on_constructed_heads():
+    grid = (8, 4, 8)  # tiles (1, 2, 2): 8 x 2 x 4 tiles, 8 spatial tiles per frame
+    q, k, v = constructed_heads(grid)
+    state = state_for(SparseHeads(0.2), grid)
+    plan = state.plan(q.shape[-2], q.device)
+    assert plan.window == "spatial 1x2x4 / temporal 8x1x1"  # own frame; own spatial tile in every frame
+    qt, kt, vt = (x[:, :, plan.perm] for x in (q, k, v))
+    rows = torch.arange(0, math.prod(grid), 7)
+    errors = pattern_errors(qt, kt, vt, rows, plan.keep, plan.block)  # (pattern, B, head)
+    assert errors.shape == (2, 1, 2)
+    assert errors[0, 0, 0] < 0.01 * errors[1, 0, 0]  # head 0: the spatial pattern loses almost nothing
+    assert errors[1, 0, 1] < 0.01 * errors[0, 0, 1]  # head 1: the temporal one does
+    assert classify_heads(errors).tolist() == [[0, 1]]  # 0 = spatial, 1 = temporal
+    # through the state: the same choice, and each head runs its pattern (plain math, upstream's order)
+    out = state.attend(2, q, k, v)
+    mask = upstream_order_mask(state, q.shape[-2], [0, 1])
+    torch.testing.assert_close(out, masked_softmax_attention(q, k, v, mask), atol=2e-6, rtol=1e-5)
+    assert state.end_step()["spatial_heads"] == [None, None, 1.0]
+
+
+def test_ties_go_to_the_spatial_pattern():
+    assert classify_heads(torch.zeros(2, 1, 3)).tolist() == [[0, 0, 0]]
