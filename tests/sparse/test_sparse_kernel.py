@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
 from genmo_teacache.sparse import SparseAttentionState, SparseHeads, SparseTile
-from genmo_teacache.sparse.kernel import block_sparse_attention, classify_heads, pattern_errors
+from genmo_teacache.sparse.kernel import block_mask, block_sparse_attention, classify_heads, pattern_errors
 
 HEAD_DIM = 32  # the tiny DiT's (128 // 4 heads); the full-size model has 128
 
@@ -42,7 +42,7 @@ def test_block_sparse_attention_equals_masked_softmax(seq_len, block, heads_in_m
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 3, seq_len, HEAD_DIM) for _ in range(3))
     keep = random_keep(1, heads_in_mask, -(-seq_len // block), seed=seq_len)
-    out = block_sparse_attention(q, k, v, keep, block, compiled=False)
+    out = block_sparse_attention(q, k, v, block_mask(keep, seq_len, block, exact=True), compiled=False)
     expected = masked_softmax_attention(q, k, v, element_mask(keep, seq_len, block))
     torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
 
@@ -51,7 +51,7 @@ def test_density_one_equals_dense_attention_through_the_same_kernel():
     torch.manual_seed(1)
     q, k, v = (torch.randn(1, 4, 200, HEAD_DIM) for _ in range(3))
     keep = torch.ones(1, 1, 13, 13, dtype=torch.bool)
-    out = block_sparse_attention(q, k, v, keep, 16, compiled=False)
+    out = block_sparse_attention(q, k, v, block_mask(keep, 200, 16, exact=True), compiled=False)
     torch.testing.assert_close(out, flex_attention(q, k, v), atol=0, rtol=0)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=2e-6, rtol=1e-5)
 
@@ -65,7 +65,7 @@ def test_compiled_kernel_reads_the_block_lists_alone():
     q, k, v = (torch.randn(1, 2, seq_len, HEAD_DIM) for _ in range(3))
     keep = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=torch.bool)[None, None].repeat(1, 2, 1, 1)
     keep[0, 1, 0, 1] = True  # the heads differ
-    out = block_sparse_attention(q, k, v, keep, block, compiled=True)
+    out = block_sparse_attention(q, k, v, block_mask(keep, seq_len, block, exact=False), compiled=True)
     expected = masked_softmax_attention(q, k, v, element_mask(keep, seq_len, block))
     torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
 

@@ -29,7 +29,13 @@ import torch
 import torch.distributed as dist
 
 from genmo_teacache.sparse.config import SparseConfig, SparseHeads
-from genmo_teacache.sparse.kernel import block_sparse_attention, classify_heads, pattern_errors, sampled_rows
+from genmo_teacache.sparse.kernel import (
+    block_mask,
+    block_sparse_attention,
+    classify_heads,
+    pattern_errors,
+    sampled_rows,
+)
 from genmo_teacache.sparse.layout import TILE, fit_window, token_layout
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,11 @@ class _Plan:
     inverse: torch.Tensor
     block: int
     visual: int
+    seq_len: int
     keep: torch.Tensor  # (P, blocks, blocks) bool: the tile window (P=1) or the spatial and temporal patterns
     densities: torch.Tensor  # (P,) float32
     window: str
+    static_mask: Any = None  # the tile window's BlockMask, built on first use
 
 
 @dataclass(eq=False)
@@ -162,7 +170,7 @@ class SparseAttentionState:
                 fits, names = [fit_window(layout, target)], [""]
             window = " / ".join(n + "x".join(map(str, f.window)) for n, f in zip(names, fits))
             self._plans[key] = _Plan(
-                layout.perm.to(device), layout.inverse.to(device), layout.block, visual,
+                layout.perm.to(device), layout.inverse.to(device), layout.block, visual, seq_len,
                 torch.stack([f.keep for f in fits]).to(device),
                 torch.tensor([f.density for f in fits], device=device), window)
             log.info("%s on %s tokens + %d text: window %s (tiles), density %s", self.config.token,
@@ -173,16 +181,19 @@ class SparseAttentionState:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         plan = self.plan(q.shape[-2], q.device)
         qt, kt, vt = (x.index_select(-2, plan.perm) for x in (q, k, v))
+        exact = not self.compiled
         if plan.keep.shape[0] == 1:
-            keep, density, spatial = plan.keep[None], plan.densities[0], 0.0  # (1, 1, blocks, blocks)
+            if plan.static_mask is None:
+                plan.static_mask = block_mask(plan.keep[None], plan.seq_len, plan.block, exact=exact)
+            mask, density, spatial = plan.static_mask, plan.densities[0], 0.0
         else:
             seed = (self.seed * 1_000_003 + (self.step or 0)) * 1009 + layer
-            rows = sampled_rows(plan.visual, SparseHeads.SAMPLED_ROWS, seed)
+            rows = sampled_rows(plan.visual, SparseHeads.SAMPLED_ROWS, seed, q.device)
             choice = classify_heads(pattern_errors(qt, kt, vt, rows, plan.keep, plan.block))  # (B, heads)
-            keep = plan.keep[choice]  # (B, heads, blocks, blocks)
+            mask = block_mask(plan.keep[choice], plan.seq_len, plan.block, exact=exact)  # per batch and head
             density, spatial = plan.densities[choice].mean(), (choice == 0).sum(dim=-1).float().mean()
         self.note(layer, density, spatial, plan.window)
-        out = block_sparse_attention(qt, kt, vt, keep, plan.block, compiled=self.compiled)
+        out = block_sparse_attention(qt, kt, vt, mask, compiled=self.compiled)
         return out.index_select(-2, plan.inverse)
 
 

@@ -49,20 +49,19 @@ def block_mask(keep: torch.Tensor, seq_len: int, block: int, *, exact: bool) -> 
                                     BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len))
 
 
-def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, block: int, *,
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, *,
                            compiled: bool) -> torch.Tensor:
-    """Attention of (B, heads, S, D) tensors over the kept blocks of ``keep`` (B or 1, heads or 1, S/block, S/block;
-    the last block may be partial)."""
-    mask = block_mask(keep, q.shape[-2], block, exact=not compiled)
+    """Attention of (B, heads, S, D) tensors over the kept blocks of ``mask`` (see :func:`block_mask`)."""
     fn = compiled_flex() if compiled else flex_attention
     return fn(q, k, v, block_mask=mask)
 
 
-def sampled_rows(visual: int, count: int, seed: int) -> torch.Tensor:
+def sampled_rows(visual: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
     """``count`` query positions drawn uniformly (with replacement, as Sparse VideoGen's ``torch.randint``) from the
-    visual tokens, from their own generator: the run's random state is left alone and reruns draw the same."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, visual, (count,), generator=g)
+    visual tokens, by a generator of their own on ``device`` (no host copy): the run's random state is left alone
+    and reruns draw the same."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randint(0, visual, (count,), generator=g, device=device)
 
 
 def pattern_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, patterns: torch.Tensor,
@@ -71,7 +70,6 @@ def pattern_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torc
     attend to every key (the reference) and under each pattern (masked softmax); the mean squared difference of
     the outputs, per pattern and head: (patterns, B, heads). ``patterns`` is (P, q blocks, kv blocks) bool over the
     same (reordered) sequence as q, k, v."""
-    rows = rows.to(q.device)
     scale = q.shape[-1] ** -0.5
     scores = (q[:, :, rows] @ k.transpose(-1, -2)).float() * scale  # (B, H, R, S)
     reference = torch.softmax(scores, dim=-1).to(v.dtype) @ v
