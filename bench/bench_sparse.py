@@ -4,8 +4,8 @@ one DiT forward of upstream's default, of the ``fastest`` preset and of ``fastes
 after a warm-up that compiles), each with its density and its output's distance from upstream's and from
 ``fastest``'s; and the latents' relative difference after an 8-step loop of our sampler at 31 frames.
 
-    python bench/bench_sparse.py --budget_s 280          # H200 (needs fa3-fwd); JSON goes to $OUT
-    python bench/bench_sparse.py --tiny                  # CPU, tiny model: checks this script
+    PYTHONPATH=src python bench/bench_sparse.py --budget_s 270   # H200, ~4.5 min (needs fa3-fwd); JSON to $OUT
+    PYTHONPATH=src python bench/bench_sparse.py --tiny           # CPU, tiny model: checks this script
 
 Writes ``sparse_attention_163f.json`` (``device``, ``frames``: 163, ``variants``: name, forward_s, density,
 mean_abs_diff, ...) and ``sparse_attention_3sizes.json`` (every row). Random weights: timings only; a trained
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--attn_repeats", type=int, default=5, help="timed attention calls per kernel")
     ap.add_argument("--loop_frames", type=int, default=31, help="frames of the 8-step quality loop (0: none)")
     ap.add_argument("--loop_steps", type=int, default=8)
-    ap.add_argument("--budget_s", type=float, default=280, help="start no new stage after this many seconds")
+    ap.add_argument("--budget_s", type=float, default=270, help="start no new stage after this many seconds")
     ap.add_argument("--tiny", action="store_true", help="tiny model on CPU (base bf16, no compile): checks the script")
     args = ap.parse_args()
     Bench(args).run()
