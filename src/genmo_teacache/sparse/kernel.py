@@ -8,17 +8,30 @@ mask, so the same block pattern is also given as an element mask (``exact=True``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+log = logging.getLogger(__name__)
+
 _compiled: Callable | None = None
+# Compiled FlexAttention specialises on the sequence length and the pattern's shape (per CFG branch, frame count,
+# method). Past dynamo's recompile limit (8 by default) it would run eagerly, materialising every score (about 190 GB
+# at 163 frames), so the limit is raised to this many shapes.
+FLEX_RECOMPILE_LIMIT = 64
 
 
 def compiled_flex() -> Callable:
     global _compiled
     if _compiled is None:
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        if getattr(config, name) < FLEX_RECOMPILE_LIMIT:
+            log.info("sparse attention: dynamo %s %d -> %d (one compile per sequence shape)", name,
+                     getattr(config, name), FLEX_RECOMPILE_LIMIT)
+            setattr(config, name, FLEX_RECOMPILE_LIMIT)
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
