@@ -199,6 +199,8 @@ class Bench:
             (SDPA, lambda: F.scaled_dot_product_attention(q, k, v), None)]
         if self.base.attention_kernel != "sdpa":
             dense = _load_attention(self.base.attention_kernel)
+            if self.base.compile:  # as in the compiled forward: FP8 attention's quantisation fused
+                dense = torch.compile(dense, dynamic=False)
             kernels.append((self.base.attention_kernel, lambda: dense(q, k, v), None))
         layer = len(self.dit.blocks) // 2
         for config in self.methods:
