@@ -4,7 +4,7 @@ one DiT forward of upstream's default, of the ``fastest`` preset and of ``fastes
 after a warm-up that compiles), each with its density and its output's distance from upstream's and from
 ``fastest``'s; and the latents' relative difference after an 8-step loop of our sampler at 31 frames.
 
-    PYTHONPATH=src python bench/bench_sparse.py --budget_s 270   # H200, ~4.5 min (needs fa3-fwd); JSON to $OUT
+    PYTHONPATH=src python bench/bench_sparse.py --budget_s 270   # H200, ~5 min (needs fa3-fwd); JSON to $OUT
     PYTHONPATH=src python bench/bench_sparse.py --tiny           # CPU, tiny model: checks this script
 
 Writes ``sparse_attention_163f.json`` (``device``, ``frames``: 163, ``variants``: name, forward_s, density,
@@ -50,7 +50,7 @@ CAPTURE_BLOCK = 0.5  # the block whose q, k, v the attention timings use: the mi
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", default="163,85,31", help="frame counts at 480x848, in priority order")
-    ap.add_argument("--methods", default="sparse_tile_0.17,sparse_heads_0.17",
+    ap.add_argument("--methods", default="sparse_tile_0.17,sparse_heads_0.17,sparse_topk_0.17",
                     help="sparse-attention tokens to measure on top of --base")
     ap.add_argument("--base", default="fastest", help="the dense speed spec the sparse methods are added to")
     ap.add_argument("--repeats", type=int, default=3, help="timed forwards per variant after one warm-up")
@@ -72,7 +72,7 @@ class Bench:
         self.base_name = self.base.spec()
         self.methods = [parse_sparse(t) for t in args.methods.split(",")]
         if any(m is None for m in self.methods):
-            raise SystemExit(f"--methods {args.methods!r}: use sparse_tile_<density>, sparse_heads_<density> tokens")
+            raise SystemExit(f"--methods {args.methods!r}: use sparse_tile_, sparse_heads_, sparse_topk_<density>")
         self.frames = [int(f) for f in args.frames.split(",")]
         self.tile = (1, 2, 2) if args.tiny else None
         self.rows: list[dict[str, Any]] = []

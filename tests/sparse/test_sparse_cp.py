@@ -1,6 +1,6 @@
 """Sparse attention under context parallelism: two gloo ranks on CPU, each attending the whole sequence with half
-the heads (upstream's all-to-all), give one process's output and step record (the head choice is per head, so
-rank-local; the record sums the ranks' spatial heads and averages their densities)."""
+the heads (upstream's all-to-all), give one process's output and step record (the head choice and the top-k
+selection are per head, so rank-local; the record sums the ranks' spatial heads and averages their densities)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from genmo_teacache.sparse import SparseHeads, SparseTile
+from genmo_teacache.sparse import SparseHeads, SparseTile, SparseTopK
 
 GRID_LATENT = (4, 16, 16)  # latent T, H, W: a 4x8x8 token grid
 
@@ -57,7 +57,7 @@ def _rank(rank, world, init_file, out_dir, token):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [SparseHeads(0.4, warmup=0), SparseTile(0.3, warmup=0)])
+@pytest.mark.parametrize("config", [SparseHeads(0.4, warmup=0), SparseTile(0.3, warmup=0), SparseTopK(0.3)])
 def test_two_context_parallel_ranks_match_one_process(config, tmp_path):
     expected, expected_record = forward(config)
     mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path), config.token), nprocs=2, join=True)

@@ -18,6 +18,7 @@ from genmo_teacache.sampler import sample_model
 from genmo_teacache.sparse import (
     SparseHeads,
     SparseTile,
+    SparseTopK,
     follow_sigma_schedule,
     install_sparse_attention,
     installed_state,
@@ -102,6 +103,17 @@ def test_sparse_heads_with_a_step_cache_records_nothing_on_skipped_steps(pipe, c
             assert all(0 <= n <= pipe.dit.num_heads for n in r["spatial_heads"])
         else:
             assert r["calls"] == 0 and r["density"] is None and r["layer_density"] == [None] * depth
+
+
+@pytest.mark.slow
+def test_sparse_topk_generation_is_sparse_from_the_first_step(pipe, cond):
+    """SpargeAttn's examples run no dense step: every step selects blocks, at least the share asked for."""
+    res, records = generate(pipe, cond, SparseTopK(0.3))
+    depth = len(pipe.dit.blocks)
+    assert torch.isfinite(res.latents).all()
+    for r in records:
+        assert not r["dense_step"] and r["calls"] == 2 * depth and r["windows"] == ["top-k"]
+        assert all(0.3 <= d < 1 for d in r["layer_density"])
 
 
 @pytest.mark.slow

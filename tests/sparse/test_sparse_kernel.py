@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from genmo_teacache.sparse import SparseAttentionState, SparseHeads, SparseTile
-from genmo_teacache.sparse.kernel import block_mask, block_sparse_attention, classify_heads, pattern_errors
+from genmo_teacache.sparse import SparseAttentionState, SparseHeads, SparseTile, SparseTopK
+from genmo_teacache.sparse.kernel import (
+    block_mask,
+    block_sparse_attention,
+    classify_heads,
+    pattern_errors,
+    topk_blocks,
+)
 
 HEAD_DIM = 32  # the tiny DiT's (128 // 4 heads); the full-size model has 128
 
@@ -128,7 +134,7 @@ def test_head_classification_follows_the_published_rule_on_constructed_heads():
     q, k, v = constructed_heads(grid)
     state = state_for(SparseHeads(0.2), grid)
     plan = state.plan(q.shape[-2], q.device)
-    assert plan.window == "spatial 1x2x4 / temporal 8x1x1"  # own frame; own spatial tile in every frame
+    assert plan.window == "spatial 1x2x4 tiles / temporal 8x1x1 tiles"  # own frame; own spatial tile in every frame
     qt, kt, vt = (x[:, :, plan.perm] for x in (q, k, v))
     rows = torch.arange(0, math.prod(grid), 7)
     errors = pattern_errors(qt, kt, vt, rows, plan.keep, plan.block)  # (pattern, B, head)
@@ -145,3 +151,73 @@ def test_head_classification_follows_the_published_rule_on_constructed_heads():
 
 def test_ties_go_to_the_spatial_pattern():
     assert classify_heads(torch.zeros(2, 1, 3)).tolist() == [[0, 0, 0]]
+
+
+def pooled_scores_by_loops(q, k, block):
+    """The oracle for SpargeAttn's selection: block means by explicit loops, their scaled dot products, softmax."""
+    B, H, S, D = q.shape
+    qp, kp = torch.zeros(B, H, -(-S // block), D), torch.zeros(B, H, -(-S // block), D)
+    for b in range(B):
+        for h in range(H):
+            for i in range(qp.shape[2]):
+                qp[b, h, i] = q[b, h, i * block:(i + 1) * block].float().mean(0)
+                kp[b, h, i] = k[b, h, i * block:(i + 1) * block].float().mean(0)
+    return torch.softmax(qp @ kp.transpose(-1, -2) / math.sqrt(D), dim=-1)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.3, 0.5, 1.0])
+def test_topk_keeps_the_blocks_of_highest_pooled_score(share):
+    torch.manual_seed(6)
+    seq_len, block = 150, 16  # 10 blocks, the last one partial
+    q, k = torch.randn(1, 2, seq_len, HEAD_DIM), torch.randn(1, 2, seq_len, HEAD_DIM)
+    keep = topk_blocks(q, k, block, share, sim_threshold=-0.1)
+    scores = pooled_scores_by_loops(q, k, block)
+    count = max(1, int(share * 10))
+    assert torch.all(keep.sum(-1) == count)  # the published threshold -0.1 never forces a block: |mean unit|^2 >= 0
+    kept_min = scores.masked_fill(~keep, float("inf")).amin(-1)
+    dropped_max = scores.masked_fill(keep, float("-inf")).amax(-1)
+    assert torch.all(kept_min > dropped_max)  # every kept block outscores every dropped one, row by row
+
+
+def test_self_similarity_is_the_mean_cosine_of_the_token_pairs():
+    """|mean of the unit tokens|^2 equals the mean over all token pairs (diagonal included) of their cosine: never
+    negative, so SpargeAttn's default threshold -0.1 passes every block."""
+    from genmo_teacache.sparse.kernel import _block_means
+
+    torch.manual_seed(9)
+    x = torch.randn(1, 1, 16, HEAD_DIM)
+    unit = x / x.norm(dim=-1, keepdim=True)
+    pairs = (unit[0, 0] @ unit[0, 0].T).mean()
+    assert _block_means(unit, 16).pow(2).sum().item() == pytest.approx(pairs.item(), abs=1e-6)
+    assert pairs >= 0
+
+
+def test_topk_keeps_blocks_that_are_not_self_similar_whole():
+    """A threshold of 0.5: a block of unrelated tokens (mean cosine ~ 1/16) is kept in every row (as keys) and
+    attends to everything (as queries); blocks of one repeated token are self-similar and go through top-k."""
+    torch.manual_seed(7)
+    block = 16
+    similar = torch.randn(1, 1, 1, HEAD_DIM).expand(1, 1, 4 * block, HEAD_DIM)  # 4 blocks of one repeated token
+    noisy = torch.randn(1, 1, block, HEAD_DIM)  # block 4: unrelated tokens
+    q = k = torch.cat([similar + 0.01 * torch.randn(1, 1, 4 * block, HEAD_DIM), noisy], dim=2)
+    keep = topk_blocks(q, k, block, 0.2, sim_threshold=0.5)[0, 0]
+    assert keep[:, 4].all() and keep[4].all()
+    assert torch.all(keep[:4, :4].sum(-1) == 1)  # int(0.2 x 5) = 1 selected among the similar ones
+
+
+def test_sparse_topk_through_the_state_equals_plain_math_with_its_selection():
+    torch.manual_seed(8)
+    grid = (4, 8, 8)
+    seq_len = math.prod(grid) + 6
+    q, k, v = (torch.randn(1, 4, seq_len, HEAD_DIM) for _ in range(3))
+    state = state_for(SparseTopK(0.25), grid)
+    out = state.attend(1, q, k, v)
+    plan = state.plan(seq_len, q.device)
+    keep = topk_blocks(q[:, :, plan.perm], k[:, :, plan.perm], plan.block, 0.25, SparseTopK.SIM_THRESHOLD)
+    keep[:, :, plan.text_blocks] = True
+    keep[:, :, :, plan.text_blocks] = True
+    blk = plan.inverse // plan.block
+    mask = keep[:, :, blk][:, :, :, blk]
+    torch.testing.assert_close(out, masked_softmax_attention(q, k, v, mask), atol=2e-6, rtol=1e-5)
+    record = state.end_step()
+    assert record["layer_density"][1] == pytest.approx(keep.float().mean().item(), abs=1e-5)

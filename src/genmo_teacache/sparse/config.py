@@ -2,9 +2,12 @@
 
     sparse_tile_<density>[_w<steps>]    a static window of 3-D tiles (Sliding Tile Attention's rule)
     sparse_heads_<density>[_w<steps>]   per head, spatial or temporal, decided online (Sparse VideoGen's rule)
+    sparse_topk_<density>[_w<steps>]    per head and query block, the key blocks of highest pooled score
+                                        (SpargeAttn's top-k block filter)
 
 ``density`` is the share of (query block, key block) pairs the kernel computes, text blocks included (what its
-time follows); the window is chosen to stay at or below it. ``_w<steps>`` is the number of dense warm-up steps;
+time follows); the windows are chosen to stay at or below it (``sparse_topk``: the share of key blocks each query
+block selects, before the text blocks are added). ``_w<steps>`` is the number of dense warm-up steps;
 without it, the published share of the steps (each method's ``WARMUP_FRACTION``, floor of share x steps: 19 and
 6 of Mochi's 64). Constants cite the file they come from.
 """
@@ -105,10 +108,10 @@ class SparseTile(SparseConfig):
 
 @dataclass(frozen=True)
 class SparseHeads(SparseConfig):
-    """Sparse VideoGen (Xi et al., ICML 2025; svg-project/Sparse-VideoGen): per layer and step, a few sampled query
-    rows are attended densely and under each pattern; each head takes the pattern whose output is closest (mean
-    squared error) to the dense one: spatial (its own and nearby frames, the whole frame) or temporal (every frame,
-    the same spatial neighbourhood). Both patterns are fitted to ``density``."""
+    """Sparse VideoGen (Xi et al., ICML 2025, arXiv 2502.01776; svg-project/Sparse-VideoGen): per layer and step, a few
+    sampled query rows are attended densely and under each pattern; each head takes the pattern whose output is closest
+    (mean squared error) to the dense one: spatial (its own and nearby frames, the whole frame) or temporal (every
+    frame, the same spatial neighbourhood). Both patterns are fitted to ``density``."""
 
     key: ClassVar[str] = "sparse_videogen"
     prefix: ClassVar[str] = "sparse_heads"
@@ -122,7 +125,26 @@ class SparseHeads(SparseConfig):
                                 "first_layers_fp 0.03, 64 sampled rows), svg/models/hyvideo/attention.py (sample_mse)")
 
 
-SPARSE_METHODS: tuple[type[SparseConfig], ...] = (SparseTile, SparseHeads)
+@dataclass(frozen=True)
+class SparseTopK(SparseConfig):
+    """SpargeAttn (Zhang et al., ICML 2025, arXiv 2502.18137; thu-ml/SpargeAttn), its recommended
+    ``spas_sage2_attn_meansim_topk_cuda``: per call, head and query block, the queries and keys are mean-pooled per
+    block, the pooled scores softmaxed over the key blocks, and the top ``floor(density x key blocks)`` (at least one)
+    kept; a block whose tokens are not self-similar (mean cosine similarity at or below ``SIM_THRESHOLD``) is kept
+    whole. Its kernel's further filter (skipping P V where a block's row maximum is negligible, ``pvthreshd``) and its
+    8-bit Q K / FP8 P V are kernel features not reproduced: here the selected blocks run in FlexAttention, bf16."""
+
+    key: ClassVar[str] = "sparge_topk"
+    prefix: ClassVar[str] = "sparse_topk"
+    # spas_sage_attn/core.py, spas_sage2_attn_meansim_topk_cuda: topk=0.5, simthreshd1=-0.1 (the README's plug-in;
+    # inference_examples/wan_infer.py runs --value 0.4); no dense steps in its inference examples.
+    WARMUP_FRACTION: ClassVar[float] = 0.0
+    SIM_THRESHOLD: ClassVar[float] = -0.1
+    published: ClassVar[str] = ("SpargeAttn: spas_sage_attn/core.py spas_sage2_attn_meansim_topk_cuda (topk 0.5, "
+                                "simthreshd1 -0.1), spas_sage_attn/utils.py get_block_map_meansim_fuse_quant (rule)")
+
+
+SPARSE_METHODS: tuple[type[SparseConfig], ...] = (SparseTile, SparseHeads, SparseTopK)
 
 
 def parse_sparse(token: str) -> SparseConfig | None:

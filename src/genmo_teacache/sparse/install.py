@@ -28,13 +28,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from genmo_teacache.sparse.config import SparseConfig, SparseHeads
+from genmo_teacache.sparse.config import SparseConfig, SparseHeads, SparseTopK
 from genmo_teacache.sparse.kernel import (
     block_mask,
     block_sparse_attention,
     classify_heads,
     pattern_errors,
     sampled_rows,
+    topk_blocks,
 )
 from genmo_teacache.sparse.layout import TILE, fit_window, token_layout
 
@@ -52,9 +53,10 @@ class _Plan:
     block: int
     visual: int
     seq_len: int
-    keep: torch.Tensor  # (P, blocks, blocks) bool: the tile window (P=1) or the spatial and temporal patterns
+    keep: torch.Tensor  # (P, blocks, blocks) bool: the tile window (P=1), the spatial and temporal patterns, or none
     densities: torch.Tensor  # (P,) float32
     window: str
+    text_blocks: torch.Tensor  # (blocks,) bool
     static_mask: Any = None  # the tile window's BlockMask, built on first use
 
 
@@ -166,23 +168,31 @@ class SparseAttentionState:
             if isinstance(self.config, SparseHeads):
                 fits = [fit_window(layout, target, SPATIAL_AXES), fit_window(layout, target, TEMPORAL_AXES)]
                 names = ["spatial ", "temporal "]
+            elif isinstance(self.config, SparseTopK):
+                fits, names = [], []
             else:
                 fits, names = [fit_window(layout, target)], [""]
-            window = " / ".join(n + "x".join(map(str, f.window)) for n, f in zip(names, fits))
+            window = " / ".join(n + "x".join(map(str, f.window)) + " tiles" for n, f in zip(names, fits)) or "top-k"
+            nb = layout.num_blocks
             self._plans[key] = _Plan(
                 layout.perm.to(device), layout.inverse.to(device), layout.block, visual, seq_len,
-                torch.stack([f.keep for f in fits]).to(device),
-                torch.tensor([f.density for f in fits], device=device), window)
-            log.info("%s on %s tokens + %d text: window %s (tiles), density %s", self.config.token,
+                torch.stack([f.keep for f in fits]).to(device) if fits else torch.zeros(0, nb, nb, dtype=torch.bool),
+                torch.tensor([f.density for f in fits], device=device), window, layout.text_blocks.to(device))
+            log.info("%s on %s tokens + %d text: window %s, density %s", self.config.token,
                      "x".join(map(str, self.grid)), layout.text, window,
-                     ", ".join(f"{f.density:.3f}" for f in fits))
+                     ", ".join(f"{f.density:.3f}" for f in fits) or "per call")
         return self._plans[key]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         plan = self.plan(q.shape[-2], q.device)
         qt, kt, vt = (x.index_select(-2, plan.perm) for x in (q, k, v))
         exact = not self.compiled
-        if plan.keep.shape[0] == 1:
+        if isinstance(self.config, SparseTopK):
+            keep = topk_blocks(qt, kt, plan.block, self.config.density, self.config.SIM_THRESHOLD)
+            keep[:, :, plan.text_blocks] = True
+            keep[:, :, :, plan.text_blocks] = True
+            mask, density, spatial = block_mask(keep, plan.seq_len, plan.block, exact=exact), keep.float().mean(), 0.0
+        elif plan.keep.shape[0] == 1:
             if plan.static_mask is None:
                 plan.static_mask = block_mask(plan.keep[None], plan.seq_len, plan.block, exact=exact)
             mask, density, spatial = plan.static_mask, plan.densities[0], 0.0

@@ -95,6 +95,44 @@ def pattern_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torc
     return torch.stack(errors)
 
 
+def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, H, S, D) -> (B, H, blocks, D) float32: the mean of each block's tokens (the last block may be partial),
+    summed in float32 without a full-size copy."""
+    S = x.shape[-2]
+    full = S // block
+    parts = [x[:, :, :full * block].unflatten(2, (full, block)).sum(3, dtype=torch.float32) / block]
+    if S > full * block:
+        parts.append(x[:, :, full * block:].sum(2, keepdim=True, dtype=torch.float32) / (S - full * block))
+    return torch.cat(parts, dim=2)
+
+
+def _self_similar(x: torch.Tensor, block: int, threshold: float) -> torch.Tensor:
+    """(B, H, blocks) bool: the mean cosine similarity of a block's token pairs (diagonal included), which is
+    ``|mean of its unit tokens|^2``, exceeds ``threshold``. Never negative, so any negative threshold (SpargeAttn's
+    default -0.1) passes every block and nothing is computed."""
+    if threshold < 0:
+        return torch.ones(x.shape[:2] + (-(-x.shape[-2] // block),), dtype=torch.bool, device=x.device)
+    unit = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).clamp(min=1e-12).to(x.dtype)
+    return _block_means(unit, block).pow(2).sum(-1) > threshold
+
+
+def topk_blocks(q: torch.Tensor, k: torch.Tensor, block: int, share: float, sim_threshold: float) -> torch.Tensor:
+    """SpargeAttn's block selection (spas_sage_attn/utils.py, ``get_block_map_meansim_fuse_quant`` with ``topk``):
+    pooled scores ``mean(q_block) . mean(k_block) / sqrt(d)``, softmax over the key blocks that are self-similar,
+    the top ``int(share x key blocks)`` per row (at least one, as ``triton_fill_block_map_kernel``); key blocks and
+    query blocks that are not self-similar are kept whole (keys after subtracting their mean over the sequence, as
+    its ``smooth_k``). Returns (B, H, q blocks, kv blocks) bool."""
+    similar_q = _self_similar(q, block, sim_threshold)
+    similar_k = _self_similar(k - k.mean(dim=-2, keepdim=True) if sim_threshold >= 0 else k, block, sim_threshold)
+    scores = (_block_means(q, block) @ _block_means(k, block).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~similar_k[:, :, None, :], float("-inf")).softmax(dim=-1)
+    count = max(1, int(share * scores.shape[-1]))
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep.scatter_(-1, scores.topk(count, dim=-1).indices, True)
+    keep |= ~similar_k[:, :, None, :] | ~similar_q[:, :, :, None]
+    return keep
+
+
 def classify_heads(errors: torch.Tensor) -> torch.Tensor:
     """The pattern each head runs: the one of least error (``argmin``, ties to the first, as Sparse VideoGen's
     ``best_mask_idx``). (patterns, B, heads) -> (B, heads) int64."""
