@@ -143,10 +143,12 @@ def test_head_classification_follows_the_published_rule_on_constructed_heads():
     assert errors[1, 0, 1] < 0.01 * errors[0, 0, 1]  # head 1: the temporal one does
     assert classify_heads(errors).tolist() == [[0, 1]]  # 0 = spatial, 1 = temporal
     # through the state: the same choice, and each head runs its pattern (plain math, upstream's order)
+    state.note(0, 1.0)  # what the router records for a dense block (Sparse VideoGen's first layers)
     out = state.attend(2, q, k, v)
     mask = upstream_order_mask(state, q.shape[-2], [0, 1])
     torch.testing.assert_close(out, masked_softmax_attention(q, k, v, mask), atol=2e-6, rtol=1e-5)
-    assert state.end_step()["spatial_heads"] == [None, None, 1.0]
+    record = state.end_step()
+    assert record["spatial_heads"] == [None, None, 1.0] and record["layer_density"][0] == 1.0
 
 
 def test_ties_go_to_the_spatial_pattern():

@@ -100,14 +100,15 @@ class SparseAttentionState:
         """The step's record (also appended to ``records``), for the sampler's step record: ``density`` is the mean
         over the step's attention calls of the kept block share (1.0 for a dense call), ``layer_density`` per block
         (None where no call ran: a skipped step has none), ``spatial_heads`` per block (sparse_heads: spatial heads
-        per call, summed over context-parallel ranks)."""
+        per sparse call, summed over context-parallel ranks; None for a dense block or step)."""
         lg, self._log = self._log, None
         if lg is None:
             return None
         counts = [len(c) for c in lg.density]
-        sums = [sum(calls) for calls in _as_floats(lg.density + lg.spatial)]
-        density_sums, spatial_sums = sums[:self.depth], sums[self.depth:]
-        density_sums, spatial_sums = _across_ranks(density_sums, spatial_sums)
+        spatial = [[x for x in calls if x is not None] for calls in lg.spatial]  # sparse calls only
+        spatial_counts = [len(c) for c in spatial]
+        sums = [sum(calls) for calls in _as_floats(lg.density + spatial)]
+        density_sums, spatial_sums = _across_ranks(sums[:self.depth], sums[self.depth:])
         layer_density = [round(s / n, 5) if n else None for s, n in zip(density_sums, counts)]
         record: dict[str, Any] = {
             "token": self.config.token if self.config else None, "step": self.step, "dense_step": lg.dense_step,
@@ -116,7 +117,7 @@ class SparseAttentionState:
             "layer_density": layer_density, "windows": sorted(lg.windows),
         }
         if isinstance(self.config, SparseHeads):
-            record["spatial_heads"] = [round(s / n, 3) if n else None for s, n in zip(spatial_sums, counts)]
+            record["spatial_heads"] = [round(s / n, 3) if n else None for s, n in zip(spatial_sums, spatial_counts)]
         self.records.append(record)
         return record
 
@@ -145,7 +146,7 @@ class SparseAttentionState:
         self.layer += 1
         return layer
 
-    def note(self, layer: int, density: Any, spatial: Any = 0.0, window: str | None = None) -> None:
+    def note(self, layer: int, density: Any, spatial: Any = None, window: str | None = None) -> None:
         if self._log is not None:
             self._log.density[layer].append(density)
             self._log.spatial[layer].append(spatial)
