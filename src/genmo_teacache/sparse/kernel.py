@@ -1,4 +1,5 @@
-"""The block-sparse kernel (FlexAttention over whole blocks) and Sparse VideoGen's online head classification.
+"""The block-sparse kernel (FlexAttention over whole blocks), Sparse VideoGen's online head classification and
+SpargeAttn's pooled top-k block selection.
 
 On a GPU, ``torch.compile(flex_attention)`` runs only the kept blocks, all of them whole (listed as "full" blocks:
 no element mask is evaluated); it compiles once per sequence length and pattern shape. Without compile (CPU),
