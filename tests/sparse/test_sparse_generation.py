@@ -17,6 +17,7 @@ from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
 from genmo_teacache.sparse import (
     SparseHeads,
+    SparseStepHook,
     SparseTile,
     SparseTopK,
     follow_sigma_schedule,
@@ -153,3 +154,33 @@ def test_install_refuses_what_it_cannot_serve(pipe, tiny_model_dir):
     flash = TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode="flash"), device="cpu")
     with pytest.raises(ValueError, match="attention_mode \\['flash'\\]: build it with attention_mode='sdpa'"):
         install_sparse_attention(flash.dit, SparseTile(0.3))
+
+
+@pytest.mark.slow
+def test_step_hook_protocol_begins_generations_and_fills_the_step_record(pipe):
+    """The adapter for the sampler's step hooks (begin_step(info), end_step(info, record)): step 0 resets the state,
+    the grid comes from the info, the step's densities land in the record."""
+    from types import SimpleNamespace
+
+    from genmo.mochi_preview.pipelines import compute_packed_indices
+
+    state = install_sparse_attention(pipe.dit, SparseTile(0.3, warmup=1), tile=TILE)
+    hook = SparseStepHook(state)
+    x, mask = torch.randn(1, 12, 4, 16, 16), torch.zeros(1, 256, dtype=torch.bool)
+    packed = compute_packed_indices(x.device, mask, 4 * 16 * 16)
+    records = []
+    try:
+        for step in (0, 1, 0):
+            info = SimpleNamespace(step=step, num_steps=2, sigma=1.0 - step / 2, grid=(4, 8, 8))
+            hook.begin_step(info)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                pipe.dit(x, torch.full([1], info.sigma), [torch.zeros(1, 256, 4096)], [mask], packed)
+            record = SimpleNamespace()
+            hook.end_step(info, record)
+            records.append(record.sparse_attention)
+    finally:
+        remove_sparse_attention(pipe.dit)
+    assert [r["step"] for r in records] == [0, 1, 0] and [r["dense_step"] for r in records] == [True, False, True]
+    assert records[1]["density"] < 0.5 and records[0]["density"] == 1.0
+    assert state.records == records[2:]  # the second step 0 began a new generation

@@ -19,12 +19,14 @@ from genmo_teacache.sparse.config import (
 )
 from genmo_teacache.sparse.install import (
     SparseAttentionState,
+    SparseStepHook,
     follow_sigma_schedule,
     install_sparse_attention,
     installed_state,
     remove_sparse_attention,
 )
 
-__all__ = ["SPARSE_METHODS", "SparseAttentionState", "SparseConfig", "SparseHeads", "SparseTile", "SparseTopK",
+__all__ = ["SPARSE_METHODS", "SparseAttentionState", "SparseConfig", "SparseHeads", "SparseStepHook", "SparseTile",
+           "SparseTopK",
            "follow_sigma_schedule", "install_sparse_attention", "installed_state", "parse_sparse",
            "remove_sparse_attention"]

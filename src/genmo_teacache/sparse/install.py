@@ -317,6 +317,26 @@ def remove_sparse_attention(dit: torch.nn.Module) -> SparseAttentionState | None
     return installed.state
 
 
+class SparseStepHook:
+    """The sampler's step-hook protocol (``model.StepHooks``: ``begin_step(info)`` before a step's DiT calls,
+    ``end_step(info, record)`` after its outputs; ``info`` has ``step``, ``num_steps`` and ``grid``) around a state:
+    step 0 (or a new step count) starts a new generation, the grid comes from the sampler, and the step's densities go
+    to ``record.sparse_attention`` (the report's step entry). Register: ``dit.add_step_hook(SparseStepHook(state))``.
+    """
+
+    def __init__(self, state: SparseAttentionState):
+        self.state = state
+
+    def begin_step(self, info: Any) -> None:
+        if info.step == 0 or self.state.num_steps != info.num_steps:
+            self.state.reset(info.num_steps)
+        self.state.grid = tuple(info.grid)
+        self.state.begin_step(info.step)
+
+    def end_step(self, info: Any, record: Any) -> None:
+        record.sparse_attention = self.state.end_step()
+
+
 def follow_sigma_schedule(dit: torch.nn.Module, state: SparseAttentionState, sigma_schedule: list[float]) -> Any:
     """For a caller without a per-step hook (upstream's ``sample_model``, a benchmark loop): begin step ``i`` when
     the DiT is called with ``sigma_schedule[i]`` (its ``full`` or ``prepare`` call; one GPU sync per call). Call
