@@ -20,6 +20,7 @@ import statistics
 import time
 import traceback
 import warnings
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -70,6 +71,8 @@ class Bench:
         self.device = torch.device("cuda:0" if torch.cuda.is_available() and not args.tiny else "cpu")
         self.base = parse_speed("bf16" if args.tiny else args.base)
         self.base_name = self.base.spec()
+        fields = asdict(self.base)  # the field is compile_dit on main after issue 21, compile before
+        self.compiles = bool(fields.get("compile_dit", fields.get("compile", False)))
         self.methods = [parse_sparse(t) for t in args.methods.split(",")]
         if any(m is None for m in self.methods):
             raise SystemExit(f"--methods {args.methods!r}: use sparse_tile_, sparse_heads_, sparse_topk_<density>")
@@ -199,7 +202,7 @@ class Bench:
             (SDPA, lambda: F.scaled_dot_product_attention(q, k, v), None)]
         if self.base.attention_kernel != "sdpa":
             dense = _load_attention(self.base.attention_kernel)
-            if self.base.compile:  # as in the compiled forward: FP8 attention's quantisation fused
+            if self.compiles:  # as in the compiled forward: FP8 attention's quantisation fused
                 dense = torch.compile(dense, dynamic=False)
             kernels.append((self.base.attention_kernel, lambda: dense(q, k, v), None))
         layer = len(self.dit.blocks) // 2
@@ -338,9 +341,9 @@ class Bench:
         for block in self.dit.blocks:
             block._compiled_call_impl = None
         torch._dynamo.reset()
-        self.state = install_sparse_attention(self.dit, None, compile_dense=self.base.compile,
+        self.state = install_sparse_attention(self.dit, None, compile_dense=self.compiles,
                                               **({"tile": self.tile} if self.tile else {}))
-        if self.base.compile:
+        if self.compiles:
             for block in self.dit.blocks:
                 block.compile(dynamic=False)
         for i, frames in enumerate(self.frames):  # the first size, then the loops, then the other sizes
