@@ -32,11 +32,14 @@ from genmo_teacache.pipelines import up  # noqa: E402
 from genmo_teacache.sampler import sample_model  # noqa: E402
 from genmo_teacache.sparse import (  # noqa: E402
     SparseAttentionState,
+    SparseHeads,
+    SparseTopK,
     follow_sigma_schedule,
     install_sparse_attention,
     parse_sparse,
     remove_sparse_attention,
 )
+from genmo_teacache.sparse.kernel import topk_blocks  # noqa: E402
 from genmo_teacache.speed import _load_attention, apply_speed_options, check_speed_options, parse_speed  # noqa: E402
 from genmo_teacache.tiny import TINY_DIT_KWARGS  # noqa: E402
 
@@ -240,6 +243,44 @@ class Bench:
                                 "mean_abs_diff_vs_sdpa", "max_abs_diff_vs_sdpa"]), flush=True)
         self.write()
 
+    def kernel_check(self, frames: int) -> None:
+        """The kernel path against an independent reference: SDPA with the same pattern as an element mask, on the
+        reordered q, k, v, for the static window (one pattern for all heads) and the top-k selection (one per head).
+        bf16 rounding gives ~1e-2 at most; a wrong block list gives differences of the size of the output."""
+        if frames not in self.qkv or not self.within_budget(f"kernel check at {frames} frames"):
+            return
+        q, k, v = self.qkv[frames]
+        lt, lh, lw = self.latent_shape(frames)
+        layer = len(self.dit.blocks) // 2
+        for config in self.methods:
+            if isinstance(config, SparseHeads):
+                continue  # its per-head patterns are the same block lists as top-k's
+            state = SparseAttentionState(config, len(self.dit.blocks), compiled=self.device.type == "cuda",
+                                         **({"tile": self.tile} if self.tile else {}))
+            state.grid = (lt, lh // 2, lw // 2)
+            state.reset(64)
+            state.begin_step(32)
+            with torch.inference_mode():
+                out = state.attend(layer, q, k, v).float()
+                plan = state.plan(q.shape[-2], q.device)
+                qt, kt, vt = (x.index_select(-2, plan.perm) for x in (q, k, v))
+                if isinstance(config, SparseTopK):
+                    keep = topk_blocks(qt, kt, plan.block, config.density, config.SIM_THRESHOLD)
+                    keep[:, :, plan.text_blocks] = True
+                    keep[:, :, :, plan.text_blocks] = True
+                else:
+                    keep = plan.keep[None]
+                blk = torch.arange(q.shape[-2], device=q.device) // plan.block
+                mask = keep[:, :, blk][:, :, :, blk]
+                ref = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).index_select(-2, plan.inverse)
+            d = (out - ref.float()).abs()
+            row = {"kernel": f"{config.token} against SDPA with its mask", "frames": frames,
+                   "max_abs_diff": d.max().item(), "mean_abs_diff": d.mean().item()}
+            del mask, ref
+            self.attention.append(row)
+            self.say(f"kernel check {config.token} at {frames} frames: max abs diff {row['max_abs_diff']:.3g}")
+        self.write()
+
     def loop(self, name: str, config=None) -> None:
         if not self.args.loop_frames or not self.within_budget(f"{self.args.loop_steps}-step loop {name}"):
             return
@@ -346,6 +387,7 @@ class Bench:
         if self.compiles:
             for block in self.dit.blocks:
                 block.compile(dynamic=False)
+        self.kernel_check(min(self.frames))
         for i, frames in enumerate(self.frames):  # the first size, then the loops, then the other sizes
             self.measure_attention(frames)
             for config in self.methods:

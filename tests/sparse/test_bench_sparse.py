@@ -37,3 +37,6 @@ def test_bench_sparse_tiny_writes_the_results_file(tmp_path):
     kernels = {(a["kernel"], a["frames"]) for a in json.loads((tmp_path / "sparse_attention_tiny_3sizes.json")
                                                              .read_text())["attention"]}
     assert {("sparse_tile_0.5", 31), ("sparse_heads_0.5", 163), ("sdpa (cuDNN on Hopper)", 31)} <= kernels
+    checks = [a for a in json.loads((tmp_path / "sparse_attention_tiny_3sizes.json").read_text())["attention"]
+              if a["kernel"].endswith("against SDPA with its mask")]
+    assert [c["frames"] for c in checks] == [31] and all(c["max_abs_diff"] < 0.05 for c in checks)
