@@ -30,6 +30,7 @@ import torch
 
 from genmo_teacache.caches import parse_mode  # noqa: E402
 from genmo_teacache.generate import GenerationSettings, generate, load_pipeline  # noqa: E402
+from genmo_teacache.speed import parse_speed  # noqa: E402
 from genmo_teacache.tiny import make_tiny_model  # noqa: E402
 
 from common import write_results
@@ -100,7 +101,7 @@ def main() -> None:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_step_timing-") as tmp:
         model_dir = args.model_dir or str(make_tiny_model(Path(tmp) / "model", full_size_random_dit=not args.tiny))
-        pipe = load_pipeline(model_dir, device=args.device, speed_preset=args.speed)
+        pipe = load_pipeline(model_dir, device=args.device, speed=parse_speed(args.speed) if args.speed else None)
         cuda = pipe.device.type == "cuda"
         settings = GenerationSettings(width=args.width, height=args.height, num_frames=args.frames,
                                       num_steps=args.steps)
