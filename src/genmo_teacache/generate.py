@@ -119,9 +119,10 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
         if lora_path or cpu_offload:
             raise ValueError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
         if cp_size > 1 and not speed.is_default:
-            raise ValueError("speed options (--speed_preset, --dit_dtype bf16, --compile_dit, --attention_kernel, "
-                             "...) need the whole DiT on each GPU: context parallelism shards it (FSDP keeps fp32); "
-                             "use them on one GPU or with --cfg_parallel on 2 GPUs")
+            raise ValueError(f"speed options ({speed.spec()}: --speed_preset, --dit_dtype bf16, --compile_dit, "
+                             f"--attention_kernel, --sparse_attention, ...) need the whole DiT on each GPU: context "
+                             f"parallelism shards it (FSDP keeps fp32); use them on one GPU or with --cfg_parallel on "
+                             f"2 GPUs")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
                                         ray_address=ray_address, cfg_parallel=cfg_parallel)
     if decode_type == "auto":

@@ -40,6 +40,7 @@ class StepInfo:
     num_steps: int
     sigma: float
     grid: tuple[int, int, int]  # the visual tokens of the whole video: latent frames, rows, columns after patching
+    warm_up: bool = False  # the sampler's untimed warm-up pass before step 0 (a new input shape), not a step
 
 
 class StepHooks(Protocol):
@@ -48,8 +49,10 @@ class StepHooks(Protocol):
     def begin_step(self, info: StepInfo) -> None:
         """Before any DiT call of the step."""
 
-    def end_step(self, info: StepInfo, record: StepRecord) -> None:
-        """After the step's outputs; ``record`` (the report's entry for the step) may be filled in."""
+    def end_step(self, info: StepInfo, record: StepRecord | None) -> None:
+        """After the step's outputs; ``record`` (the report's entry for the step) may be filled in. For the warm-up
+        pass (``info.warm_up``: the DiT run once on step 0's inputs, outputs dropped, before step 0 begins) ``record``
+        is None."""
 
 
 @dataclass

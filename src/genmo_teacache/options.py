@@ -91,6 +91,11 @@ generation_options = compose(
                  help="FP8 visual linear layers through torchao (needs --dit_dtype bf16, compute capability 8.9+)."),
     click.option("--fp8_mm", is_flag=True,
                  help="FP8 visual linear layers through torch._scaled_mm, no extra package (needs --dit_dtype bf16)."),
+    click.option("--sparse_attention", default="none", show_default=True,
+                 help="Training-free sparse attention (docs/METHODS.md): sparse_tile_<density>[_w<steps>] (a static "
+                      "window of 3-D tiles, STA), sparse_heads_<density>[_w<steps>] (spatial or temporal per head, "
+                      "Sparse VideoGen), sparse_topk_<density>[_w<steps>] (SpargeAttn's block top-k); _w: dense "
+                      "warm-up steps. Also a token of --speed_preset (fastest+sparse_tile_0.17)."),
     click.option("--speed_preset", default=None,
                  help="Named speed options: fastest (FP8 attention and linears), fast (FP8 attention), fast_bf16 "
                       "(no 8-bit rounding), default; or "

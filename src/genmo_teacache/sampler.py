@@ -30,7 +30,9 @@ every hook of the DiT it samples with, on every step and every rank, whatever th
 
 ``StepInfo(step, num_steps, sigma, grid)``: the step index (0-based), the number of steps, its sigma and the visual
 token grid of the whole video (latent frames, rows and columns after patching). ``record`` is the step's
-:class:`~genmo_teacache.caches.base.StepRecord`, written to the report's ``steps``.
+:class:`~genmo_teacache.caches.base.StepRecord`, written to the report's ``steps``. The untimed warm-up pass of a new
+input shape (:func:`warm_up`) is bracketed the same way, with ``info.warm_up`` True and ``record`` None, so that a
+hook can warm what its steps will run.
 
 CFG-parallel (``branch_group``): the two CFG branches run on two ranks (each with the whole model, or its own
 context-parallel group); each step's outputs are exchanged once, and both ranks combine them exactly as one GPU
@@ -277,7 +279,8 @@ def _compiled(dit: torch.nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in dit.modules())
 
 
-def warm_up(dit: torch.nn.Module, local: list[_Branch], z: torch.Tensor, sigma_t: torch.Tensor, warm: set) -> float:
+def warm_up(dit: torch.nn.Module, local: list[_Branch], z: torch.Tensor, sigma_t: torch.Tensor, warm: set,
+            info: StepInfo | None = None) -> float:
     """Run the DiT once on step 0's inputs for each local CFG branch whose input shape it has not run before
     (outputs dropped, no cache state touched, the conditioning not memoised); ``warm`` holds the shapes it ran, kept
     by the pipeline across generations. Returns the seconds it took (0.0 when every branch was warm).
@@ -294,13 +297,18 @@ def warm_up(dit: torch.nn.Module, local: list[_Branch], z: torch.Tensor, sigma_t
             cold.append((key, b))
     if not cold:
         return 0.0
+    hooks = tuple(getattr(dit, "step_hooks", ())) if info is not None else ()
     _sync(z.device)
     t0 = time.perf_counter()
+    for hook in hooks:
+        hook.begin_step(info)
     for key, b in cold:
         c = b.cond
         inputs = dit(z, sigma_t, c["y_feat"], c["y_mask"], c["packed_indices"], {}, phase="prepare")
         dit(dit(inputs, phase="blocks"), inputs, phase="finish")
         warm.add(key)
+    for hook in hooks:
+        hook.end_step(info, None)
     _sync(z.device)
     return time.perf_counter() - t0
 
@@ -392,7 +400,8 @@ def sample_model(device: torch.device | str, dit: torch.nn.Module, conditioning:
 
     if warm is not None:
         with autocast:
-            report.warmup_s = warm_up(dit, local, z, sigma_t(sigma_schedule[0]), warm)
+            report.warmup_s = warm_up(dit, local, z, sigma_t(sigma_schedule[0]), warm,
+                                      StepInfo(0, sample_steps, sigma_schedule[0], grid, warm_up=True))
     _sync(device)
     steps = range(0, sample_steps)
     bar = get_new_progress_bar(steps, desc=f"Sampling ({cache.name})") if progress else steps

@@ -72,8 +72,14 @@ class SpeedOptions:
     attention_kernel: str = "sdpa"
     fp8_linear: bool = False
     fp8_mm: bool = False
+    sparse_attention: str = "none"  # a sparse-attention token (genmo_teacache.sparse: sparse_tile_0.17, ...) or none
 
     def __post_init__(self) -> None:
+        if self.sparse_attention != "none":  # canonical token (sparse_tile_.17 -> sparse_tile_0.17), or ValueError
+            config = sparse_config(self.sparse_attention)
+            if config is None:
+                raise ValueError(f"sparse_attention {self.sparse_attention!r}: use none or " + sparse_syntax())
+            object.__setattr__(self, "sparse_attention", config.token)
         if self.dit_dtype not in ("fp32", "bf16"):
             raise ValueError(f"dit_dtype {self.dit_dtype!r}: use fp32 (upstream) or bf16")
         if self.sdpa_backend not in ("auto", *SDPA_BACKENDS):
@@ -111,11 +117,34 @@ class SpeedOptions:
             tokens.append("fp8_mm")
         if self.compile_dit:
             tokens.append("compile")
+        if self.sparse_attention != "none":
+            tokens.append(self.sparse_attention)
         return "+".join(tokens)
+
+    @property
+    def sparse(self) -> Any:
+        """The sparse-attention config (``genmo_teacache.sparse.SparseConfig``), or None."""
+        return sparse_config(self.sparse_attention) if self.sparse_attention != "none" else None
 
     def record(self) -> dict[str, Any]:
         """``{"speed": spec, <every field>: value}``: what fingerprints and sidecars record."""
         return {"speed": self.spec(), **asdict(self)}
+
+
+# tokens written as patterns rather than listed in _TOKENS, one example each (help texts, tests)
+PATTERN_EXAMPLES = ("sparse_tile_0.17", "sparse_heads_0.17_w6", "sparse_topk_0.5")
+
+
+def sparse_config(token: str) -> Any:
+    from genmo_teacache.sparse import parse_sparse
+
+    return parse_sparse(token)
+
+
+def sparse_syntax() -> str:
+    from genmo_teacache.sparse import SPARSE_METHODS
+
+    return " or ".join(m.syntax() for m in SPARSE_METHODS)
 
 
 SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))  # each one also the name of its command-line option
@@ -159,10 +188,14 @@ def parse_speed(spec: str) -> SpeedOptions:
             values = asdict(PRESETS[token])
             explicit.clear()
             continue
-        if token not in _TOKENS:
-            raise ValueError(f"speed spec {spec!r}: unknown token {token!r}; use a preset ({', '.join(PRESETS)}) "
-                             f"or {', '.join(_TOKENS)}")
-        for field_name, value in _TOKENS[token].items():
+        try:
+            sparse = sparse_config(token)  # sparse_tile_<density>[_w<steps>], ...: a pattern, not a fixed token
+        except ValueError as e:
+            raise ValueError(f"speed spec {spec!r}: {e}") from None
+        if token not in _TOKENS and sparse is None:
+            raise ValueError(f"speed spec {spec!r}: unknown token {token!r}; use a preset ({', '.join(PRESETS)}), "
+                             f"{', '.join(_TOKENS)} or a sparse attention ({sparse_syntax()})")
+        for field_name, value in (_TOKENS.get(token) or {"sparse_attention": sparse.token}).items():
             if field_name in explicit and values[field_name] != value:
                 raise ValueError(f"speed spec {spec!r}: {explicit[field_name]!r} and {token!r} both set "
                                  f"{field_name}: keep one")
@@ -442,6 +475,12 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         log.info("FP8 linear layers (torch._scaled_mm): %d converted", len(use_fp8_mm(dit)))
     if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
+    if options.sparse is not None:  # after the kernel (its dense path), before compile
+        from genmo_teacache.sparse import SparseStepHook, install_sparse_attention
+
+        state = install_sparse_attention(dit, options.sparse, compile_dense=options.compile_dit)
+        if hasattr(dit, "add_step_hook"):  # our DiT: the sampler begins and ends its steps, records densities
+            dit.add_step_hook(SparseStepHook(state))
     if options.compile_dit:
         if options.fp8_linear:
             log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "

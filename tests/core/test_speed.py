@@ -122,7 +122,8 @@ def test_command_line_options_go_on_top_of_a_preset():
 
 def setting(name: str) -> SpeedOptions:
     """Valid options in which the field ``name`` differs from its default: a spec token, alone or after bf16."""
-    for spec in (*speed._TOKENS, *(f"bf16+{t}" for t in speed._TOKENS)):
+    tokens = (*speed._TOKENS, *speed.PATTERN_EXAMPLES)
+    for spec in (*tokens, *(f"bf16+{t}" for t in tokens)):
         try:
             options = parse_speed(spec)
         except ValueError:

@@ -62,6 +62,8 @@ class StepRecord:
     difference_age: int | None = None
     # which CFG branches ran the DiT this step (filled by the sampler; a CFG-cache modifier may drop one)
     branches: list[str] | None = None
+    # what a step hook recorded for this step (sparse attention: the density each step achieved, per block)
+    sparse_attention: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -81,6 +81,7 @@ class SparseAttentionState:
         self.step: int | None = None
         self.layer = 0  # the block whose attention comes next (set by the DiT pre-hook)
         self.records: list[dict[str, Any]] = []
+        self.warming = False  # inside the sampler's warm-up pass (begin_warm_up)
         self._plans: dict[tuple, _Plan] = {}
         self._log: _StepLog | None = None
 
@@ -89,7 +90,17 @@ class SparseAttentionState:
         """A new generation of ``num_steps`` steps."""
         self.num_steps, self.step, self.records, self._log = num_steps, None, [], None
 
+    def begin_warm_up(self) -> None:
+        """The sampler's untimed warm-up pass (before step 0 of a new input shape): until :meth:`end_warm_up`, every
+        call runs the dense path and the sparse one (so that both compile there, not in a timed step), returns the
+        sparse one's output and records nothing."""
+        self.warming, self._log = True, None
+
+    def end_warm_up(self) -> None:
+        self.warming = False
+
     def begin_step(self, step: int) -> None:
+        self.warming = False
         if self._log is not None:
             self.end_step()
         self.step = step
@@ -257,6 +268,9 @@ def _router(state: SparseAttentionState, dense: list[Callable]) -> Callable:
     @torch.compiler.disable
     def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         layer = state.next_layer()
+        if state.warming and state.config is not None:
+            dense[layer](q, k, v)
+            return state.attend(layer, q, k, v)
         if state.dense_at(layer):
             state.note(layer, 1.0)
             return dense[layer](q, k, v)
@@ -328,12 +342,20 @@ class SparseStepHook:
         self.state = state
 
     def begin_step(self, info: Any) -> None:
+        if getattr(info, "warm_up", False):
+            self.state.reset(info.num_steps)
+            self.state.grid = tuple(info.grid)
+            self.state.begin_warm_up()
+            return
         if info.step == 0 or self.state.num_steps != info.num_steps:
             self.state.reset(info.num_steps)
         self.state.grid = tuple(info.grid)
         self.state.begin_step(info.step)
 
     def end_step(self, info: Any, record: Any) -> None:
+        if record is None:  # the warm-up pass
+            self.state.end_warm_up()
+            return
         record.sparse_attention = self.state.end_step()
 
 
