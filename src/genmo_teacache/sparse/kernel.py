@@ -18,21 +18,17 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 log = logging.getLogger(__name__)
 
 _compiled: Callable | None = None
-# Compiled FlexAttention specialises on the sequence length and the pattern's shape (per CFG branch, frame count,
-# method). Past dynamo's recompile limit (8 by default) it would run eagerly, materialising every score (about 190 GB
-# at 163 frames), so the limit is raised to this many shapes.
-FLEX_RECOMPILE_LIMIT = 64
 
 
 def compiled_flex() -> Callable:
+    """FlexAttention through ``torch.compile``. It specialises on the sequence length and the pattern's shape (per CFG
+    branch, frame count, method); past dynamo's recompile limit it would run eagerly, materialising every score (about
+    190 GB at 163 frames), so the limit is raised first (``speed.raise_recompile_limit``)."""
     global _compiled
     if _compiled is None:
-        config = torch._dynamo.config
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        if getattr(config, name) < FLEX_RECOMPILE_LIMIT:
-            log.info("sparse attention: dynamo %s %d -> %d (one compile per sequence shape)", name,
-                     getattr(config, name), FLEX_RECOMPILE_LIMIT)
-            setattr(config, name, FLEX_RECOMPILE_LIMIT)
+        from genmo_teacache.speed import raise_recompile_limit
+
+        raise_recompile_limit()
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
