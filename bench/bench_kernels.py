@@ -76,7 +76,7 @@ def main() -> None:
             lt, lh, lw = (2, 8, 8) if args.tiny else (FRAMES_480P[frames], 60, 106)
             g = torch.Generator(device=device).manual_seed(0)
             z = torch.randn(1, 12, lt, lh, lw, device=device, generator=g)
-            packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw // 4)
+            packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
             inputs_cache[frames] = (z, torch.full([1], 0.7, device=device), packed)
         return inputs_cache[frames]
 

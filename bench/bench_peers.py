@@ -128,7 +128,7 @@ def main() -> None:
     cond = conds["cond"]
     g = torch.Generator(device=device).manual_seed(0)
     z0 = torch.randn(1, 12, lt, lh, lw, device=device, generator=g)
-    packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw // 4)
+    packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
 
     def ours_forward() -> torch.Tensor:
         with torch.inference_mode(), autocast:
