@@ -26,7 +26,7 @@ def run(pipe, settings: GenerationSettings) -> tuple[float, torch.Tensor, list[f
     """(mean seconds of a denoising step after the first, final latents, every step's seconds)."""
     with torch.inference_mode():
         out = pipe.generate(batch_cfg=False, prompt="a bench", negative_prompt="", cache=CacheConfig.baseline(),
-                            progress=False, synchronize_steps=True, **settings.sampler_args(0))
+                            progress=False, **settings.sampler_args(0))
     seconds = out.report.step_seconds
     return statistics.mean(seconds[1:]), out.latents.cpu(), seconds  # step 0 also memoises the conditioning
 

@@ -43,7 +43,7 @@ def measure(ctx, *, frames: int, steps: int, skip: float, width: int, height: in
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=CacheConfig.baseline(),
-                               policy=policy, progress=False, synchronize_steps=True, **settings.sampler_args(0))
+                               policy=policy, progress=False, **settings.sampler_args(0))
         sync()
         rep = res.report
         computed = [s for r, s in zip(rep.steps, rep.step_seconds) if r.computed][1:]  # step 0 also memoises

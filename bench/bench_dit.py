@@ -115,7 +115,7 @@ def main() -> None:
         measure(f"bf16 weights + sdpa {best_backend}")
         if args.compile:
             t0 = time.perf_counter()
-            apply_speed_options(dit, SpeedOptions(compile=True))
+            apply_speed_options(dit, SpeedOptions(compile_dit=True))
             forward()
             compile_s = time.perf_counter() - t0
             measure(f"bf16 weights + sdpa {best_backend} + compile", repeats=max(args.repeats - 1, 1))

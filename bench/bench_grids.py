@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 
 from genmo_teacache.eval.fidelity import file_stamp  # noqa: E402
 from genmo_teacache.eval.grid import GridOptions, make_grids, plan_grids  # noqa: E402
-from genmo_teacache.video import write_json, write_video  # noqa: E402
+from genmo_teacache.files import write_json  # noqa: E402
+from genmo_teacache.video import write_video  # noqa: E402
 
 
 def synthetic(frames: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -61,7 +61,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=cache, policy=policy,
-                               progress=False, synchronize_steps=True, **settings.sampler_args(0))
+                               progress=False, **settings.sampler_args(0))
         sync()
         return time.perf_counter() - t0, res.report, peak_gib()
 

@@ -76,7 +76,7 @@ def main() -> None:
             lt, lh, lw = (2, 8, 8) if args.tiny else (FRAMES_480P[frames], 60, 106)
             g = torch.Generator(device=device).manual_seed(0)
             z = torch.randn(1, 12, lt, lh, lw, device=device, generator=g)
-            packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw // 4)
+            packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
             inputs_cache[frames] = (z, torch.full([1], 0.7, device=device), packed)
         return inputs_cache[frames]
 
@@ -125,7 +125,7 @@ def main() -> None:
             restore_linears(dit, state["fp8_mm"])
             state["fp8_mm"] = None
         set_attention(dit, o.attention_kernel, o.sdpa_backend)
-        if o.compile:
+        if o.compile_dit:
             for block in dit.blocks:
                 block.compile(dynamic=False)
             state["compiled"] = True
@@ -212,7 +212,7 @@ def main() -> None:
         *[(k, SpeedOptions(attention_kernel=k), [*small, top], True) for k in kernels],
         ("bf16", SpeedOptions(dit_dtype="bf16"), [top], False),
         ("fast", PRESETS["fast"], [*small, top], True),
-        ("bf16+compile", SpeedOptions(dit_dtype="bf16", compile=True), [top], True),
+        ("bf16+compile", SpeedOptions(dit_dtype="bf16", compile_dit=True), [top], True),
         ("fast_bf16", PRESETS["fast_bf16"], [top], True),
         *[(s, parse_speed(s), [top], False) for s in (
             "bf16+fa3_fp8+compile", "bf16+fp8_linear+compile", "bf16+fp8_linear", "bf16+fa4+compile",
@@ -227,7 +227,7 @@ def main() -> None:
             wanted = sorted(int(f) for f in frames_text.split(","))
             plan.append((UPSTREAM if o.is_default else o.spec(), o, wanted, with_loop == "1"))
     if args.tiny:
-        plan = [p for p in plan if p[1].attention_kernel == "sdpa" and not p[1].fp8_linear and not p[1].compile]
+        plan = [p for p in plan if p[1].attention_kernel == "sdpa" and not p[1].fp8_linear and not p[1].compile_dit]
     seen = set()
     for name, o, frames_wanted, with_loop in plan:
         if o in seen:

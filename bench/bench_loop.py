@@ -52,7 +52,7 @@ def main() -> None:
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     speed = (parse_speed(args.speed) if args.speed else
-             SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile))
+             SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile_dit=args.compile))
     check_speed_options(speed, device)
     dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None, speed=speed)
     w, h = (64, 64) if args.tiny else (848, 480)
@@ -65,7 +65,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=config, policy=policy,
-                               progress=False, synchronize_steps=True, **s.sampler_args(0))
+                               progress=False, **s.sampler_args(0))
         sync()
         return time.perf_counter() - t0, res.report, peak_gib()
 
@@ -111,7 +111,7 @@ def run_baseline(dit, device, settings, cond):
     t0 = time.perf_counter()
     with torch.inference_mode():
         res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=CacheConfig.baseline(),
-                           progress=False, synchronize_steps=True, **settings.sampler_args(0))
+                           progress=False, **settings.sampler_args(0))
     sync()
     return time.perf_counter() - t0, res.report, peak_gib()
 

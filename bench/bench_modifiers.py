@@ -84,7 +84,7 @@ def main() -> None:
                  f"steps: give a baseline of {frames} frames, {args.loop_steps} steps")
 
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    speed = SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile=args.compile)
+    speed = SpeedOptions(dit_dtype=args.dit_dtype, sdpa_backend=args.sdpa_backend, compile_dit=args.compile)
     if base_from is not None and base_from["speed"] != str(speed):
         ap.error(f"--baseline_from {args.baseline_from} ran with {base_from['speed']}, this run with {speed}")
     dit = full_size_dit(device, model_kwargs=TINY_DIT_KWARGS if args.tiny else None, speed=speed)
@@ -98,7 +98,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in cond.items()}, cache=cache, policy=policy,
-                               progress=False, synchronize_steps=True, **settings.sampler_args(0))
+                               progress=False, **settings.sampler_args(0))
         sync()
         return time.perf_counter() - t0, res.report, peak_gib()
 

@@ -10,14 +10,9 @@ import argparse
 import time
 
 import torch
-from genmo.mochi_preview.vae.models import (  # noqa: E402
-    Decoder,
-    decode_latents,
-    decode_latents_tiled_full,
-    decode_latents_tiled_spatial,
-)
 
-from genmo_teacache.pipelines import decoder_kwargs  # noqa: E402
+from genmo_teacache.pipelines import decoder_kwargs
+from genmo_teacache.upstream import Decoder, decode_latents, decode_latents_tiled_full, decode_latents_tiled_spatial
 
 from common import FRAMES_480P, peak_gib, reset_peak, sync, table, time_fn, write_results
 

@@ -128,7 +128,7 @@ def main() -> None:
     cond = conds["cond"]
     g = torch.Generator(device=device).manual_seed(0)
     z0 = torch.randn(1, 12, lt, lh, lw, device=device, generator=g)
-    packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw // 4)
+    packed = up.compute_packed_indices(device, cond["y_mask"][0], lt * lh * lw)
 
     def ours_forward() -> torch.Tensor:
         with torch.inference_mode(), autocast:
@@ -141,7 +141,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with torch.inference_mode():
             res = sample_model(device, dit, {k: dict(v) for k, v in conds.items()}, progress=False,
-                               synchronize_steps=True, cache=CacheConfig.baseline() if policy is None else None,
+                               cache=CacheConfig.baseline() if policy is None else None,
                                policy=policy, **sampler_args)
         sync()
         loop_s = time.perf_counter() - t0

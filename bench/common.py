@@ -88,7 +88,7 @@ def reset_peak() -> None:
 def _results_dir() -> Path:
     """``$OUT`` (default bench_results/), checked when a benchmark starts: a folder that cannot be written is found
     before the GPU run, not after it."""
-    from genmo_teacache.video import OutputPathError, check_output_dir
+    from genmo_teacache.files import OutputPathError, check_output_dir
 
     try:
         return check_output_dir(os.environ.get("OUT", "bench_results"), "$OUT")
@@ -100,7 +100,7 @@ RESULTS_DIR = _results_dir()
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:
-    from genmo_teacache.video import write_json
+    from genmo_teacache.files import write_json
 
     out = RESULTS_DIR / f"{name}.json"
     write_json(out, {"device": device_info(), "command": " ".join(sys.argv), **results})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,3 +30,16 @@ def demo_cache(tiny_model_dir, tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("demo_cache")
     (cache / DEMO_MODEL).symlink_to(tiny_model_dir.resolve(), target_is_directory=True)
     return cache
+
+
+@pytest.fixture(scope="session")
+def method_calibration(tmp_path_factory) -> Path:
+    """The calibration file of the methods' test modes (``Method.test_modes``, 8-step tiny runs): TeaCache's default
+    polynomial (so its decisions are the default ones) and magnitude ratios a few percent from 1."""
+    from genmo_teacache.coefficients import Rescale
+
+    default = Rescale()
+    path = tmp_path_factory.mktemp("cal") / "cal.json"
+    path.write_text(json.dumps({"coefficients": list(default.coefficients), "x_max": default.x_max,
+                                "mag_ratios": [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, 8)]}))
+    return path

@@ -36,8 +36,8 @@ from tqdm import tqdm
 from genmo_teacache import __version__
 from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.coefficients import MAG_RATIOS_KEY, Rescale, check_positive
+from genmo_teacache.files import atomic_path, check_output_file, write_json
 from genmo_teacache.options import generation_options
-from genmo_teacache.video import atomic_path, check_output_file, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Runtime shims for what upstream Mochi gets wrong off a GPU (REFERENCE.md, "What breaks on a CPU-only machine").
 
-Each shim is small, named, idempotent, applied explicitly by :func:`apply` before the DiT module is imported,
-and tested. On a machine with CUDA, :func:`apply` changes nothing in upstream. Upstream files are never edited.
+Each shim is small, named, idempotent, applied explicitly by :func:`apply` before upstream is imported (once,
+by :mod:`genmo_teacache.upstream`, the one module that imports upstream), and tested. On a machine with CUDA,
+:func:`apply` changes nothing in upstream. Upstream files are never edited.
 
 Quirks fixed elsewhere, by our subclasses rather than by patching:
 - hard-coded ``cuda:0`` in ``MochiSingleGPUPipeline`` and ``.to(cuda:N)`` in the factories -> ``pipelines.py``

@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 
 from genmo_teacache.caches import CacheConfig
-from genmo_teacache.video import atomic_path, write_json, write_video
+from genmo_teacache.files import atomic_path, write_json
+from genmo_teacache.speed import SpeedOptions, check_speed_options
+from genmo_teacache.speedup import is_noise
+from genmo_teacache.video import write_video
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,12 @@ class GenerationSettings:
 
     def sampler_args(self, seed: int) -> dict[str, Any]:
         """The keyword arguments of upstream ``sample_model``."""
-        from genmo.mochi_preview.pipelines import linear_quadratic_schedule
+        from genmo_teacache.upstream import pipelines as up
 
         return dict(
             seed=seed, width=self.width, height=self.height, num_frames=self.num_frames,
             num_inference_steps=self.num_steps, cfg_schedule=[self.cfg_scale] * self.num_steps,
-            sigma_schedule=linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
+            sigma_schedule=up.linear_quadratic_schedule(self.num_steps, self.threshold_noise, self.linear_steps),
         )
 
 
@@ -119,21 +122,15 @@ def resolve_device(device: str) -> str:
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
-                  dit_dtype: str = "fp32", sdpa_backend: str = "auto", compile_dit: bool = False,
-                  attention_kernel: str = "sdpa", fp8_linear: bool = False, fp8_mm: bool = False,
-                  speed_preset: str | None = None,
-                  cfg_parallel: bool = False):
+                  speed: SpeedOptions | None = None, cfg_parallel: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
-    ``dit_dtype``, ``sdpa_backend``, ``compile_dit``, ``attention_kernel``, ``fp8_linear``, ``fp8_mm``: see
-    ``genmo_teacache.speed`` (defaults = upstream); ``speed_preset`` (a preset or spec) is applied first and
-    the options given with other than their default values go on top. ``num_gpus`` > 1: context parallelism over
+    ``speed``: how the DiT runs (:class:`genmo_teacache.speed.SpeedOptions`; None = upstream's way; a preset is
+    ``speed.PRESETS["fast"]`` or ``speed.parse_speed("bf16+compile")``). ``num_gpus`` > 1: context parallelism over
     them, or with ``cfg_parallel`` the two CFG branches on two halves of them (each half context-parallel if it has
     more than one GPU)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
-    from genmo_teacache.speed import check_speed_options, merge_speed
 
-    speed = merge_speed(speed_preset, dit_dtype=dit_dtype, sdpa_backend=sdpa_backend, compile=compile_dit,
-                        attention_kernel=attention_kernel, fp8_linear=fp8_linear, fp8_mm=fp8_mm)
+    speed = speed or SpeedOptions()
     device = resolve_device(device)
     check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:
@@ -150,9 +147,10 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
         if lora_path or cpu_offload:
             raise ValueError("--lora_path and --cpu_offload are single-GPU options (as upstream)")
         if cp_size > 1 and not speed.is_default:
-            raise ValueError("speed options (--speed_preset, --dit_dtype bf16, --compile_dit, --attention_kernel, "
-                             "...) need the whole DiT on each GPU: context parallelism shards it (FSDP keeps fp32); "
-                             "use them on one GPU or with --cfg_parallel on 2 GPUs")
+            raise ValueError(f"speed options ({speed.spec()}: --speed_preset, --dit_dtype bf16, --compile_dit, "
+                             f"--attention_kernel, --sparse_attention, ...) need the whole DiT on each GPU: context "
+                             f"parallelism shards it (FSDP keeps fp32); use them on one GPU or with --cfg_parallel on "
+                             f"2 GPUs")
         return TeaCacheMultiGPUPipeline(**factories, world_size=num_gpus, device_type=device.split(":")[0],
                                         ray_address=ray_address, cfg_parallel=cfg_parallel)
     if decode_type == "auto":
@@ -203,8 +201,8 @@ def write_delta_temni(video_path: Path, report: dict[str, Any]) -> tuple[Path, P
 
 
 def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: float | None) -> str:
-    """A one-paragraph summary of what the cache skipped and where the time went: what was measured, and what is
-    an estimate from it."""
+    """A one-paragraph summary of what the cache skipped and where the time went: what was measured (synchronised
+    step times, warm-up apart), and what is an estimate from it; a gain above the ideal is called noise."""
     steps = report["steps"]
     # steps that ran every CFG branch (a CFG cache's cond-only steps run half the forwards)
     full = max((len(s.get("branches") or ()) for s in steps), default=0)
@@ -218,13 +216,19 @@ def summary_text(report: dict[str, Any], timings: dict[str, float], peak_gb: flo
         skip = f", a skipped one {np.median(skipped):.3g} s" if skipped else ""
         est = (f" Measured: a computed step {typical:.3g} s (median){skip}, the loop {loop:.1f} s. Estimated from "
                f"those step times, an uncached loop would take {uncached:.1f} s")
-        if uncached / loop >= 1.02:
-            est += (f": caching made denoising about {uncached / loop:.2f}x faster (ideal "
-                    f"{report['ideal_speedup']:.2f}x).")
+        gain, ideal = uncached / loop, report["ideal_speedup"]
+        if is_noise(gain, ideal):
+            est += (f": {gain:.2f}x, above the {ideal:.2f}x that the forwards it skipped allow at most: noise (the "
+                    f"step times varied more than what was skipped saved), not a result.")
+        elif gain >= 1.02:
+            est += f": caching made denoising about {gain:.2f}x faster (ideal {ideal:.2f}x)."
         else:
             est += (f": no gain measurable in this run (what it skipped saved less than the step times vary; "
                     f"ideal {report['ideal_speedup']:.2f}x).")
     mem = f" Peak GPU memory {peak_gb:.1f} GiB." if peak_gb is not None else ""
+    if timings.get("warmup_s"):
+        mem = (f" Warm-up {timings['warmup_s']:.1f} s apart (the pipeline's first run of this shape: compile, lazy "
+               f"initialisation), in none of the times above.") + mem
     warn = "".join(f"\nNote: {w}" for w in report.get("warnings", []))
     cond_only = f" ({report['cond_only_steps']} cond-only)" if report.get("cond_only_steps") else ""
     return (f"Mode {report['mode']}: computed {report['computed_steps']} of {report['num_steps']} steps{cond_only}, "

@@ -14,6 +14,7 @@ import click
 
 from genmo_teacache.caches import CacheConfig
 from genmo_teacache.cliutils import setup_logging
+from genmo_teacache.files import OutputPathError, check_output_dir, check_output_file
 from genmo_teacache.generate import (
     DEFAULT_PROMPT,
     SEED_MAX,
@@ -35,7 +36,6 @@ from genmo_teacache.options import (
     settings_from_options,
 )
 from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address
-from genmo_teacache.video import OutputPathError, check_output_dir, check_output_file
 from genmo_teacache.weights import WeightsError, check_model_dir
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ Job = tuple[str, int, GenerationSettings, CacheConfig]
 def generate_command(ctx: click.Context, **options: Any) -> None:
     """Generate a Mochi 1 video with the native pipeline, skipping DiT passes with a step cache (TeaCache by
     default). Without --model_dir it runs the tiny random demo model (noise), to try the pipeline out."""
-    from genmo.lib.progress import progress_bar
+    from genmo_teacache.upstream import progress_bar
 
     setup_logging(plain=True)
     options = resolve_model_dir(options)
@@ -71,13 +71,14 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
     jobs = _sweep_jobs(options) if options["sweep_file"] else [
         (options["prompt"], options["seed"], settings_from_options(**options), cache_from_options(**options))]
     _check_jobs(jobs, options)
+    pipeline = pipeline_kwargs(options)
     try:
         check_model_dir(options["model_dir"], text_encoder_dir=options["text_encoder_dir"],
                         lora_path=options["lora_path"])
     except WeightsError as e:
         raise click.ClickException(str(e)) from None
     try:
-        pipe = load_pipeline(options["model_dir"], **pipeline_kwargs(options))
+        pipe = load_pipeline(options["model_dir"], **pipeline)
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         raise click.ClickException(str(e)) from None
     for i, (prompt, seed, s, c) in enumerate(jobs):
@@ -86,7 +87,7 @@ def generate_command(ctx: click.Context, **options: Any) -> None:
                               observe_only=options["delta_temni_plot"])
         video = Path(options["save_file"] or Path(options["out_dir"]) / f"output_{int(time.time())}_{i}_{c.name}.mp4")
         arguments = {"prompt": prompt, "seed": seed, "model_dir": options["model_dir"], **asdict(s),
-                     **pipeline_kwargs(options)}
+                     **pipeline, **pipeline["speed"].record()}  # speed: its spec, and every field
         paths = save_result(result, video, arguments=arguments, delta_temni=options["delta_temni_plot"],
                             latents_path=options["save_latents"], exclusive=not options["save_file"])
         click.echo(summary_text(result.report, result.timings, result.peak_memory_gb))

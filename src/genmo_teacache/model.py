@@ -7,28 +7,52 @@
     finish            final layer (with the current step's modulation), all-gather, unpatchify
 
 Called as a plain module, ``forward`` chains the phases and returns exactly what upstream's forward returns.
+
+Step hooks (:class:`StepHooks`, registered with :meth:`TeaCacheAsymmDiTJoint.add_step_hook`): what needs per-step
+state inside the DiT (an attention kernel with dense warm-up steps, recording what it did) learns where the sampler
+is: ``begin_step`` before any DiT call of a denoising step, ``end_step`` after its outputs (see sampler.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from genmo_teacache import compat
+from genmo_teacache.upstream import RMSNorm, cp, modulated_rmsnorm
+from genmo_teacache.upstream import asymm_dit as upstream_dit
 
-compat.apply()
-
-import genmo.mochi_preview.dit.joint_model.asymm_models_joint as upstream_dit  # noqa: E402
-import genmo.mochi_preview.dit.joint_model.context_parallel as cp  # noqa: E402
-from genmo.mochi_preview.dit.joint_model.layers import RMSNorm  # noqa: E402
-from genmo.mochi_preview.dit.joint_model.mod_rmsnorm import modulated_rmsnorm  # noqa: E402
+if TYPE_CHECKING:
+    from genmo_teacache.caches.base import StepRecord
 
 AsymmDiTJoint = upstream_dit.AsymmDiTJoint
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where the sampler is, for step hooks."""
+
+    step: int  # 0-based
+    num_steps: int
+    sigma: float
+    grid: tuple[int, int, int]  # the visual tokens of the whole video: latent frames, rows, columns after patching
+    warm_up: bool = False  # the sampler's untimed warm-up pass before step 0 (a new input shape), not a step
+
+
+class StepHooks(Protocol):
+    """Called by the sampler on every denoising step (every rank, whatever the cache decides)."""
+
+    def begin_step(self, info: StepInfo) -> None:
+        """Before any DiT call of the step."""
+
+    def end_step(self, info: StepInfo, record: StepRecord | None) -> None:
+        """After the step's outputs; ``record`` (the report's entry for the step) may be filled in. For the warm-up
+        pass (``info.warm_up``: the DiT run once on step 0's inputs, outputs dropped, before step 0 begins) ``record``
+        is None."""
 
 
 @dataclass
@@ -46,6 +70,12 @@ class StepInputs:
 
 class TeaCacheAsymmDiTJoint(AsymmDiTJoint):
     """Upstream ``AsymmDiTJoint`` plus phase methods. Holds no cache state: the sampler owns it."""
+
+    step_hooks: tuple[StepHooks, ...] = ()
+
+    def add_step_hook(self, hook: StepHooks) -> None:
+        """Have the sampler call ``hook`` on every denoising step of this DiT (see :class:`StepHooks`)."""
+        self.step_hooks = (*self.step_hooks, hook)
 
     def prepare_step(
         self,

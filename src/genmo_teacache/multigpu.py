@@ -35,21 +35,16 @@ import sys
 from functools import partial
 from typing import Any
 
+import ray
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
-from genmo_teacache import compat
-
-compat.apply()
-
-import ray  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from genmo.lib.progress import progress_bar  # noqa: E402
-from genmo.mochi_preview import pipelines as up  # noqa: E402
-
-from genmo_teacache.caches import CacheConfig  # noqa: E402
-from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address  # noqa: E402
-from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap  # noqa: E402
+from genmo_teacache.caches import CacheConfig
+from genmo_teacache.parallel import check_divisible, check_layout, check_ray_address
+from genmo_teacache.pipelines import GenerationOutput, TeaCacheSingleGPUPipeline, fsdp_wrap
+from genmo_teacache.upstream import cp, progress_bar
+from genmo_teacache.upstream import pipelines as up
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +106,12 @@ class RankContext:
         self.factories, self.rank, self.world_size, self.device_type = factories, rank, world_size, device_type
         self.cfg_size = 2 if cfg_parallel else 1
         self.cp_size = world_size // self.cfg_size
+        self.warmed: set = set()  # kept across generations, as the single-device pipeline keeps it
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), _free_port()
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        import genmo.mochi_preview.dit.joint_model.context_parallel as cp
-
         self.device = torch.device("cuda:0") if self.device_type == "cuda" else torch.device("cpu")
         if self.device_type == "cuda":
             torch.cuda.set_device(self.device)
@@ -169,6 +163,7 @@ class RankContext:
         pipe.device, pipe.cpu_offload, pipe.decode_type, pipe.decode_args = self.device, False, "full", {}
         pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
                                                                      self.decoder)
+        pipe.warmed = self.warmed
         shown = progress and console is not None
         relay = contextlib.redirect_stderr(_Relay(console)) if shown else contextlib.nullcontext()
         with relay, progress_bar(type="tqdm" if shown else "none", enabled=shown):

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from genmo_teacache.caches import CacheConfig, parse_mode, syntax
-from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.caches import METHODS, CacheConfig, parse_mode, syntax
 from genmo_teacache.cliutils import compose
 from genmo_teacache.generate import GENERATION_DEFAULTS_FILE, GenerationSettings
+from genmo_teacache.speed import speed_from_options
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,11 @@ generation_options = compose(
                  help="FP8 visual linear layers through torchao (needs --dit_dtype bf16, compute capability 8.9+)."),
     click.option("--fp8_mm", is_flag=True,
                  help="FP8 visual linear layers through torch._scaled_mm, no extra package (needs --dit_dtype bf16)."),
+    click.option("--sparse_attention", default="none", show_default=True,
+                 help="Training-free sparse attention (docs/METHODS.md): sparse_tile_<density>[_w<steps>] (a static "
+                      "window of 3-D tiles, STA), sparse_heads_<density>[_w<steps>] (spatial or temporal per head, "
+                      "Sparse VideoGen), sparse_topk_<density>[_w<steps>] (SpargeAttn's block top-k); _w: dense "
+                      "warm-up steps. Also a token of --speed_preset (fastest+sparse_tile_0.17)."),
     click.option("--speed_preset", default=None,
                  help="Named speed options: fastest (FP8 attention and linears), fast (FP8 attention), fast_bf16 "
                       "(no 8-bit rounding), default; or "
@@ -92,8 +97,7 @@ generation_options = compose(
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "cfg_parallel", "ray_address", "dit_dtype", "sdpa_backend", "compile_dit",
-                 "attention_kernel", "fp8_linear", "fp8_mm", "speed_preset")
+                 "num_gpus", "cfg_parallel", "ray_address")  # and ``speed``, from the speed options (speed.py)
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +135,13 @@ def settings_from_options(**options: Any) -> GenerationSettings:
 
 
 def pipeline_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: options[k] for k in PIPELINE_KEYS if k in options}
+    """The keyword arguments of ``generate.load_pipeline``: the pipeline options, and ``speed``, the one
+    :class:`~genmo_teacache.speed.SpeedOptions` of ``--speed_preset`` with the speed options given on top."""
+    try:
+        speed = speed_from_options(options)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return {**{k: options[k] for k in PIPELINE_KEYS if k in options}, "speed": speed}
 
 
 # -- the cache --------------------------------------------------------------------------------------------------
@@ -147,14 +157,7 @@ cache_options = compose(
                  type=click.Path(dir_okay=False),
                  help="Calibration JSON from `genmo-teacache calibrate`, for the methods that take one (TeaCache: "
                       "its rescale polynomial, default TeaCache's Mochi fit; MagCache: its magnitude ratios)."),
-    click.option("--teacache_thresh", type=float, default=None, help="One TeaCache threshold for every step."),
-    click.option("--teacache_thresh_high", type=float, default=None,
-                 help="Threshold of the first --teacache_high_steps steps (two-phase schedule)."),
-    click.option("--teacache_thresh_low", type=float, default=None, help="Threshold of the remaining steps."),
-    click.option("--teacache_high_steps", type=int, default=DEFAULT_HIGH_STEPS, show_default=True,
-                 help="Length of the high-threshold phase (34 = steps 0-33, as the reference; cut at --num_steps)."),
-    click.option("--teacache_schedule", default=None,
-                 help="Any schedule as STEPS:THRESHOLD segments, e.g. 34:0.12,14:0.04,16:0.12 (rest:T ends it)."),
+    *[option for method in METHODS for option in method.click_options()],  # a method's own flags (TeaCache's)
     click.option("--teacache_max_skips", "max_skips", type=int, default=None,
                  help="At most this many consecutive skips (TeaCache's -max<N>, MagCache's K)."),
     click.option("--teacache_no_range_guard", is_flag=True,
@@ -164,17 +167,15 @@ cache_options = compose(
 )
 
 
-def cache_from_options(cache_mode=None, calibration=None, teacache_thresh=None, teacache_thresh_high=None,
-                       teacache_thresh_low=None, teacache_high_steps=DEFAULT_HIGH_STEPS, teacache_schedule=None,
-                       max_skips=None, teacache_no_range_guard=False, no_cache=False, **_: Any) -> CacheConfig:
-    """The cache configuration the options describe; errors name the conflicting or bad value."""
+def cache_from_options(cache_mode=None, calibration=None, max_skips=None, teacache_no_range_guard=False,
+                       no_cache=False, **options: Any) -> CacheConfig:
+    """The cache configuration the options describe (``options``: the rest, among them the methods' own flags);
+    errors name the conflicting or bad value."""
     try:
-        teacache = TeaCache.from_options(thresh=teacache_thresh, high=teacache_thresh_high, low=teacache_thresh_low,
-                                         high_steps=teacache_high_steps, schedule=teacache_schedule,
-                                         calibration=calibration)
+        flagged = [(m.cli_flags, c) for m in METHODS if (c := m.from_flags(options, calibration)) is not None]
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    given = [name for name, v in (("--cache_mode", cache_mode), (TeaCache.OPTIONS, teacache)) if v is not None]
+    given = (["--cache_mode"] if cache_mode is not None else []) + [flags for flags, _ in flagged]
     if no_cache and given:
         raise click.UsageError(f"--no_teacache conflicts with {', '.join(given)}")
     if len(given) > 1:
@@ -185,8 +186,8 @@ def cache_from_options(cache_mode=None, calibration=None, teacache_thresh=None, 
     try:
         if no_cache:
             config = CacheConfig.baseline()
-        elif teacache is not None:
-            config = CacheConfig(teacache)
+        elif flagged:
+            config = CacheConfig(flagged[0][1])
         else:
             config = parse_mode(cache_mode or DEFAULT_MODE, calibration)
         if calibration is not None and not config.method.uses_calibration:

@@ -17,21 +17,30 @@ and how far it moves the outputs.
   capability 8.9 or newer.
 - ``fp8_mm``: the same layers in FP8 without torchao (:class:`FP8Linear`): e4m3 weights with one scale per output
   channel, activations quantised per token on every call, multiplied by ``torch._scaled_mm``; the quantisation
-  is plain tensor code that ``compile`` fuses. Needs bf16 weights; checked by a small product on the device.
-- ``compile``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
+  is plain tensor code that ``compile_dit`` fuses. Needs bf16 weights; checked by a small product on the device.
+- ``compile_dit``: ``torch.compile`` each transformer block (upstream's COMPILE_DIT switch, per instance).
 
 Options are written as a spec, ``"+"``-joined tokens (``"bf16+fa3_fp8+compile"``) or a preset name
 (``PRESETS``): the same string names them on the command line and after ``@`` in a mode name
 (``fixed_0.04@fast``), see :func:`split_mode`.
+
+One :class:`SpeedOptions` travels from the command line to the DiT: each field is the command-line option of
+the same name (``--dit_dtype``, ``--compile_dit``, ...), :func:`speed_from_options` merges them with
+``--speed_preset``, ``generate.load_pipeline(..., speed=...)`` takes the object, batch's plan and the fingerprint
+(:meth:`SpeedOptions.record`) carry it, and :func:`apply_speed_options` applies it. Adding an option touches this
+module (the field, its check in ``__post_init__``, its spec token in ``spec`` and ``_TOKENS``, what applies it) and
+its click declaration in ``options.generation_options``, nothing else: tests/core/test_speed.py checks that every
+field is reachable from the command line and recorded in the fingerprint.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,12 +68,18 @@ class SpeedOptionError(ValueError):
 class SpeedOptions:
     dit_dtype: str = "fp32"
     sdpa_backend: str = "auto"
-    compile: bool = False
+    compile_dit: bool = False
     attention_kernel: str = "sdpa"
     fp8_linear: bool = False
     fp8_mm: bool = False
+    sparse_attention: str = "none"  # a sparse-attention token (genmo_teacache.sparse: sparse_tile_0.17, ...) or none
 
     def __post_init__(self) -> None:
+        if self.sparse_attention != "none":  # canonical token (sparse_tile_.17 -> sparse_tile_0.17), or ValueError
+            config = sparse_config(self.sparse_attention)
+            if config is None:
+                raise ValueError(f"sparse_attention {self.sparse_attention!r}: use none or " + sparse_syntax())
+            object.__setattr__(self, "sparse_attention", config.token)
         if self.dit_dtype not in ("fp32", "bf16"):
             raise ValueError(f"dit_dtype {self.dit_dtype!r}: use fp32 (upstream) or bf16")
         if self.sdpa_backend not in ("auto", *SDPA_BACKENDS):
@@ -100,9 +115,39 @@ class SpeedOptions:
             tokens.append("fp8_linear")
         if self.fp8_mm:
             tokens.append("fp8_mm")
-        if self.compile:
+        if self.compile_dit:
             tokens.append("compile")
+        if self.sparse_attention != "none":
+            tokens.append(self.sparse_attention)
         return "+".join(tokens)
+
+    @property
+    def sparse(self) -> Any:
+        """The sparse-attention config (``genmo_teacache.sparse.SparseConfig``), or None."""
+        return sparse_config(self.sparse_attention) if self.sparse_attention != "none" else None
+
+    def record(self) -> dict[str, Any]:
+        """``{"speed": spec, <every field>: value}``: what fingerprints and sidecars record."""
+        return {"speed": self.spec(), **asdict(self)}
+
+
+# tokens written as patterns rather than listed in _TOKENS, one example each (help texts, tests)
+PATTERN_EXAMPLES = ("sparse_tile_0.17", "sparse_heads_0.17_w6", "sparse_topk_0.5")
+
+
+def sparse_config(token: str) -> Any:
+    from genmo_teacache.sparse import parse_sparse
+
+    return parse_sparse(token)
+
+
+def sparse_syntax() -> str:
+    from genmo_teacache.sparse import SPARSE_METHODS
+
+    return " or ".join(m.syntax() for m in SPARSE_METHODS)
+
+
+SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))  # each one also the name of its command-line option
 
 
 # Named combinations, from docs/BENCHMARKS.md section 7 (H200, 163 frames, one forward; upstream's default
@@ -113,16 +158,16 @@ class SpeedOptions:
 # as bf16 weights + compile alone).
 PRESETS: dict[str, SpeedOptions] = {
     "default": SpeedOptions(),
-    "fastest": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8", fp8_mm=True),
-    "fast": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3_fp8"),
-    "fast_bf16": SpeedOptions(dit_dtype="bf16", compile=True, attention_kernel="fa3"),
+    "fastest": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3_fp8", fp8_mm=True),
+    "fast": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3_fp8"),
+    "fast_bf16": SpeedOptions(dit_dtype="bf16", compile_dit=True, attention_kernel="fa3"),
 }
 
 # token -> the fields it sets
 _TOKENS: dict[str, dict[str, object]] = {
     "fp32": {"dit_dtype": "fp32"},
     "bf16": {"dit_dtype": "bf16"},
-    "compile": {"compile": True},
+    "compile": {"compile_dit": True},
     "fp8_linear": {"fp8_linear": True},
     "fp8_mm": {"fp8_mm": True},
     **{f"sdpa_{b}": {"sdpa_backend": b} for b in SDPA_BACKENDS},
@@ -143,10 +188,14 @@ def parse_speed(spec: str) -> SpeedOptions:
             values = asdict(PRESETS[token])
             explicit.clear()
             continue
-        if token not in _TOKENS:
-            raise ValueError(f"speed spec {spec!r}: unknown token {token!r}; use a preset ({', '.join(PRESETS)}) "
-                             f"or {', '.join(_TOKENS)}")
-        for field_name, value in _TOKENS[token].items():
+        try:
+            sparse = sparse_config(token)  # sparse_tile_<density>[_w<steps>], ...: a pattern, not a fixed token
+        except ValueError as e:
+            raise ValueError(f"speed spec {spec!r}: {e}") from None
+        if token not in _TOKENS and sparse is None:
+            raise ValueError(f"speed spec {spec!r}: unknown token {token!r}; use a preset ({', '.join(PRESETS)}), "
+                             f"{', '.join(_TOKENS)} or a sparse attention ({sparse_syntax()})")
+        for field_name, value in (_TOKENS.get(token) or {"sparse_attention": sparse.token}).items():
             if field_name in explicit and values[field_name] != value:
                 raise ValueError(f"speed spec {spec!r}: {explicit[field_name]!r} and {token!r} both set "
                                  f"{field_name}: keep one")
@@ -157,7 +206,7 @@ def parse_speed(spec: str) -> SpeedOptions:
 
 def merge_speed(preset: str | None, **options: object) -> SpeedOptions:
     """The options of a command line: ``preset`` (a spec, see :func:`parse_speed`) with the explicitly given
-    options on top. An option left at its default value does not override the preset."""
+    options on top. An option left at its default value (or None) does not override the preset."""
     defaults = asdict(SpeedOptions())
     unknown = set(options) - set(defaults)
     if unknown:
@@ -167,12 +216,22 @@ def merge_speed(preset: str | None, **options: object) -> SpeedOptions:
     return SpeedOptions(**base)
 
 
+PRESET_OPTION = "speed_preset"  # the command-line option naming a preset or spec; the others are the fields
+
+
+def speed_from_options(options: Mapping[str, Any]) -> SpeedOptions:
+    """The speed options a command line gives (click's keyword arguments, or any mapping with the same keys):
+    ``speed_preset`` with the fields given on top (:func:`merge_speed`); other keys are ignored. Raises ValueError
+    naming a bad preset or combination."""
+    return merge_speed(options.get(PRESET_OPTION), **{k: options.get(k) for k in SPEED_FIELDS})
+
+
 MODE_SEPARATOR = "@"
 
 
 def split_mode(mode: str) -> tuple[str, SpeedOptions | None]:
     """A mode name with speed options: ``"fixed_0.04@fast"`` -> ("fixed_0.04", PRESETS["fast"]);
-    ``"baseline@bf16+compile"`` -> ("baseline", SpeedOptions(dit_dtype="bf16", compile=True));
+    ``"baseline@bf16+compile"`` -> ("baseline", SpeedOptions(dit_dtype="bf16", compile_dit=True));
     ``"fixed_0.04"`` -> ("fixed_0.04", None) (the run's own options apply)."""
     base, sep, spec = mode.partition(MODE_SEPARATOR)
     if not sep:
@@ -400,6 +459,20 @@ def restore_linears(dit: torch.nn.Module, replaced: dict[tuple[int, str], torch.
         setattr(dit.blocks[i].get_submodule(parent), attr, module)
 
 
+# Compiled blocks (``dynamic=False``) compile again for each input shape: the latent's, and each CFG branch's text
+# length (every prompt length of a batch). Past dynamo's recompile limit (8 by default) they would silently run eager.
+RECOMPILE_LIMIT = 64
+
+
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let compiled code keep ``limit`` shapes before dynamo falls back to eager (never lowers the limit)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < limit:
+        log.info("dynamo %s %d -> %d (one compile per input shape)", name, getattr(config, name), limit)
+        setattr(config, name, limit)
+
+
 def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
     """Apply ``options`` to an (unwrapped) DiT, in place. Call after its weights are loaded. Raises
     :class:`SpeedOptionError` first if an option cannot run on the DiT's device."""
@@ -407,25 +480,30 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn
         return dit
     check_speed_options(options, next(dit.parameters()).device)
     if options.dit_dtype == "bf16":
-        from genmo.mochi_preview.pipelines import cast_dit
+        from genmo_teacache.upstream import pipelines
 
-        cast_dit(dit, torch.bfloat16)
+        pipelines.cast_dit(dit, torch.bfloat16)
     if options.fp8_linear:
         log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
     if options.fp8_mm:
         log.info("FP8 linear layers (torch._scaled_mm): %d converted", len(use_fp8_mm(dit)))
     if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
-    if options.compile:
+    if options.sparse is not None:  # after the kernel (its dense path), before compile
+        from genmo_teacache.sparse import SparseStepHook, install_sparse_attention
+
+        state = install_sparse_attention(dit, options.sparse, compile_dense=options.compile_dit)
+        if hasattr(dit, "add_step_hook"):  # our DiT: the sampler begins and ends its steps, records densities
+            dit.add_step_hook(SparseStepHook(state))
+    if options.compile_dit:
         if options.fp8_linear:
             log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "
                         "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
                         "eager fp8_linear was no faster than bf16. fp8_mm (no torchao) compiles in seconds: "
                         "docs/BENCHMARKS.md section 7b")
+        raise_recompile_limit()
         for block in dit.blocks:
             block.compile(dynamic=False)
     log.info("DiT speed options: %s", options.spec())
     return dit
 
-
-SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))

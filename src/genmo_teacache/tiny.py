@@ -107,7 +107,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
     save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "dit.safetensors"))
     (out / "dit_config.json").write_text(json.dumps(TINY_DIT_KWARGS, indent=2) + "\n")
 
-    from genmo.mochi_preview.vae.models import Decoder
+    from genmo_teacache.upstream import Decoder
 
     torch.manual_seed(seed + 1)
     decoder = Decoder(**decoder_kwargs(TINY_DECODER_KWARGS))

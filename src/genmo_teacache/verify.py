@@ -63,11 +63,10 @@ def upstream_latents(model_dir: Path, conditioning: dict[str, Any], device: Any,
                      sampler_args: dict[str, Any]) -> tuple[Any, str]:
     """Upstream's sample_model on upstream's DiT. Returns (latents on the CPU, what built the DiT)."""
     import torch
-    from genmo.mochi_preview import pipelines as up
-    from genmo.mochi_preview.dit.joint_model.asymm_models_joint import AsymmDiTJoint
 
-    from genmo_teacache.model import init_random_dit
+    from genmo_teacache.model import AsymmDiTJoint, init_random_dit
     from genmo_teacache.pipelines import dit_kwargs, read_model_config
+    from genmo_teacache.upstream import pipelines as up
     from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
 
     config = read_model_config(model_dir, "dit_config.json")
@@ -101,11 +100,11 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
            cache_mode: str = "baseline", calibration: str | None = None, **pipeline: Any) -> Verdict:
     """Upstream against ours (see the module docstring). ``pipeline``: :func:`generate.load_pipeline`'s options."""
     import torch
-    from genmo.mochi_preview import pipelines as up
 
     from genmo_teacache.caches import parse_mode
     from genmo_teacache.generate import load_pipeline, resolve_device
     from genmo_teacache.pipelines import resolve_attention_mode
+    from genmo_teacache.upstream import pipelines as up
 
     model_dir = Path(model_dir)
     cache = parse_mode(cache_mode, calibration)
@@ -160,7 +159,7 @@ def verify_command(ctx: click.Context, **options: Any) -> None:
     Exit status 0 when they are identical, 1 when they are not, 2 when verify could not run (bad input, an --out
     that cannot be written, a failure on the way)."""
     from genmo_teacache.caches import parse_mode
-    from genmo_teacache.video import OutputPathError, check_output_file, write_json
+    from genmo_teacache.files import OutputPathError, check_output_file, write_json
     from genmo_teacache.weights import WeightsError, check_model_dir
 
     setup_logging(plain=True)

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from genmo_teacache.batch.cli import batch_command
 from genmo_teacache.batch.execute import CRASH_JOB_ENV, CRASH_MARKER_ENV
 from genmo_teacache.batch.naming import prompt_stem
-from genmo_teacache.video import TMP_PREFIX, read_video
+from genmo_teacache.files import TMP_PREFIX
+from genmo_teacache.video import read_video
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def check_outputs(out: Path) -> dict:
     assert sorted(keys) == sorted((m, p, 0) for m in MODES for p in PROMPTS)
     for r in log["runs"]:
         assert set(r) >= {"mode", "prompt", "time_seconds", "sample", "seed", "video", "timings", "cache"}
-        assert set(r["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "total_s"}
+        assert set(r["timings"]) == {"text_encoding_s", "denoising_s", "decoding_s", "total_s", "warmup_s"}
         assert r["cache"]["computed_steps"] + r["cache"]["skipped_steps"] == 6
         assert r["seed"] == 0 and r["video"] in videos
         if r["mode"] == "baseline":

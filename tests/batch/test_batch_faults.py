@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from genmo_teacache.batch.cli import batch_command
 from genmo_teacache.batch.execute import CRASH_JOB_ENV, CRASH_MARKER_ENV
 from genmo_teacache.batch.naming import prompt_stem
-from genmo_teacache.video import TMP_PREFIX, read_video, verify_video
+from genmo_teacache.files import TMP_PREFIX
+from genmo_teacache.video import read_video, verify_video
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from genmo_teacache.batch.state import summarize
 from genmo_teacache.batch.sweep import parse_candidates
 from genmo_teacache.caches import parse_mode
 from genmo_teacache.eval.layout import pick_baseline
-from genmo_teacache.speed import PRESETS, SpeedOptions, parse_speed
+from genmo_teacache.speed import PRESETS, SpeedOptions, parse_speed, speed_from_options
 
 DEFAULT, BF16 = SpeedOptions(), parse_speed("bf16")
 MODES = "baseline,baseline@bf16,fixed_0.1,fixed_0.1@bf16"
@@ -44,7 +44,7 @@ def test_a_mode_name_carries_its_speed_options_and_keeps_its_folder_name(caplog)
     assert "same cache config" not in caplog.text  # baseline@bf16 is not a repeat of baseline
     assert all(stem_is_safe(m) for m, _ in modes)
     jobs = build_jobs(select_prompts([PromptEntry("a cat", 1)]), modes, 1, 0, 64)
-    assert [j.speed for j in jobs] == [None, BF16, PRESETS["fast"], SpeedOptions(dit_dtype="bf16", compile=True)]
+    assert [j.speed for j in jobs] == [None, BF16, PRESETS["fast"], SpeedOptions(dit_dtype="bf16", compile_dit=True)]
     assert jobs[2].cache == parse_mode("fixed_0.1")
     assert jobs[2].video_relpath == "videos/mochi_fixed_0.1@fast/a cat-0.mp4"
     assert job_speed(jobs[0], BF16) == BF16 and job_speed(jobs[1], DEFAULT) == BF16  # the run's, or the mode's own
@@ -103,10 +103,11 @@ def test_ray_scheduling_reloads_far_less_than_a_queue_blind_to_options(workers):
 
 
 def test_the_fingerprint_records_the_speed_options_a_video_is_made_with(tiny_model_dir):
-    fp, _ = pipeline_fingerprint(tiny_model_dir, {"speed_preset": "fast", "compile_dit": False}, gpu=False)
+    fp, _ = pipeline_fingerprint(tiny_model_dir, {"speed": speed_from_options({"speed_preset": "fast",
+                                                                               "compile_dit": False})}, gpu=False)
     assert (fp["speed"], fp["dit_dtype"], fp["attention_kernel"], fp["compile_dit"]) == ("fast", "bf16", "fa3_fp8",
                                                                                         True)
-    plain, _ = pipeline_fingerprint(tiny_model_dir, {"dit_dtype": "fp32"}, gpu=False)
+    plain, _ = pipeline_fingerprint(tiny_model_dir, {"speed": speed_from_options({"dit_dtype": "fp32"})}, gpu=False)
     assert plain["speed"] == "default" and job_fingerprint(plain, None) == plain
     mode_bf16 = job_fingerprint(plain, BF16)
     assert differences(plain, mode_bf16) == ["speed 'default' != 'bf16'", "dit_dtype 'fp32' != 'bf16'"]
@@ -191,7 +192,7 @@ def test_a_batch_with_speed_options_per_mode_resumes_and_evaluates(tiny_model_di
         f"videos/{m}/{p}-0.mp4" for m in ("baseline", "baseline@bf16") for p in ("a cat", "a dog")]
     for mode, spec, dtype in (("baseline", "default", "fp32"), ("baseline@bf16", "bf16", "bf16")):
         report = json.loads((out / "reports" / mode / "a dog-0.json").read_text())
-        assert report["speed"] == {"spec": spec, "dit_dtype": dtype, "sdpa_backend": "auto", "compile": False,
+        assert report["speed"] == {"spec": spec, "dit_dtype": dtype, "sdpa_backend": "auto", "compile_dit": False,
                                    "attention_kernel": "sdpa", "fp8_linear": False,
                                    "fp8_mm": False}
         assert (report["fingerprint"]["speed"], report["fingerprint"]["dit_dtype"]) == (spec, dtype)

@@ -53,9 +53,61 @@ def test_parse_candidates():
             parse_candidates(bad)
 
 
-def run(mode, prompt, t, computed):
-    return {"mode": mode, "prompt": prompt, "sample": 0, "time_seconds": t,
-            "cache": {"computed_steps": computed, "skipped_steps": 10 - computed}}
+def run(mode, prompt, t, computed, forwards=None):
+    cache = {"computed_steps": computed, "skipped_steps": 10 - computed}
+    if forwards is not None:
+        cache["dit_calls"] = forwards
+    return {"mode": mode, "prompt": prompt, "sample": 0, "time_seconds": t, "cache": cache}
+
+
+def test_a_speedup_above_its_ideal_is_noise_and_never_best(tmp_path, monkeypatch):
+    """On a loaded machine a candidate computing half the forwards measured 4x: above its ideal 2x, it is flagged
+    in the CSV, the Markdown table and the plot, and never chosen as the fastest."""
+    from genmo_teacache.batch.sweep import plot_rows
+    from genmo_teacache.eval import plots
+
+    candidates = [("c1", "fixed_0.1"), ("c2", "fixed_0.2")]
+    runs = [run("baseline", p, 4.0, 10, 20) for p in "ab"] + [run("fixed_0.1", p, 1.0, 5, 10) for p in "ab"] + [
+        run("fixed_0.2", p, 2.5, 4, 8) for p in "ab"]
+    fidelity = {m: {"psnr": {"mean": 30.0}, "lpips": {"mean": 0.1}} for m in ("fixed_0.1", "fixed_0.2")}
+    rows = sweep_rows(runs, candidates, fidelity, baseline="baseline")
+    c1, c2 = rows[1], rows[2]
+    assert (c1["speedup"], c1["ideal_speedup"], c1["noise"]) == (4.0, 2.0, ["speedup"])
+    assert (c2["speedup"], c2["ideal_speedup"], c2["noise"]) == (1.6, 2.5, [])
+    assert best_row(rows, "speedup") is c2  # c1's 4x is not a result
+    csv_lines = to_csv(rows).splitlines()
+    assert csv_lines[2].startswith("c1,fixed_0.1,teacache,4.000000,,2.000000,speedup,")
+    assert csv_lines[3].startswith("c2,fixed_0.2,teacache,1.600000,,2.500000,,")
+    md = to_markdown(rows, "speedup", best_row(rows, "speedup"), None)
+    assert "| c1 | fixed_0.1 | teacache | noise (4.00x > ideal 2.00x) |" in md and "Noise: a speedup above" in md
+    assert "| **c2** (best) |" in md
+    figures, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figures.append(fig), save(fig, out))[1])  # a spy
+    assert plot_rows(rows, tmp_path / "sweep_pareto.png").is_file()
+    (fig,) = figures
+    assert all([float(x) for c in ax.collections for x, _ in c.get_offsets()] == [1.6] for ax in fig.axes)
+    assert "c1 (end-to-end speedup 4.00x > ideal 2.00x)" in fig.texts[-1].get_text()
+
+
+def test_the_best_never_skipped_nothing_and_ties_go_to_the_faster():
+    """fixed_0.0 computes every forward: its videos are the baseline's (PSNR 100 dB), which must not make it the
+    best; two candidates tied at 100 dB are told apart by speedup."""
+    candidates = [("zero", "fixed_0.0"), ("slow", "fixed_0.1"), ("fast", "fixed_0.2")]
+    runs = [run("baseline", p, 4.0, 10, 20) for p in "ab"] + [run("fixed_0.0", p, 3.9, 10, 20) for p in "ab"] + [
+        run("fixed_0.1", p, 3.0, 8, 16) for p in "ab"] + [run("fixed_0.2", p, 2.5, 6, 12) for p in "ab"]
+    same = {"psnr": {"mean": 100.0}, "ssim": {"mean": 1.0}, "lpips": {"mean": 0.0}}
+    rows = sweep_rows(runs, candidates, dict.fromkeys(("fixed_0.0", "fixed_0.1", "fixed_0.2"), same),
+                      baseline="baseline")
+    assert [r["skipped_nothing"] for r in rows] == [True, True, False, False]
+    for metric in ("psnr", "ssim", "lpips", "speedup"):
+        assert best_row(rows, metric)["label"] == "fast", metric
+    md = to_markdown(rows, "psnr", best_row(rows, "psnr"), None)
+    assert "Best by psnr: fast (fixed_0.2), psnr = 100.0000 (tied with slow; the larger speedup wins)." in md
+    assert "Not candidates for best (they skipped nothing): zero." in md
+    # without forward counts in the logs, a candidate that computed every step skipped nothing
+    old_logs = sweep_rows([run("baseline", "a", 4.0, 10), run("fixed_0.0", "a", 3.0, 10)], candidates[:1],
+                          {"fixed_0.0": same}, baseline="baseline")
+    assert old_logs[1]["skipped_nothing"] and best_row(old_logs, "psnr") is None
 
 
 def test_rows_best_and_tables():
@@ -73,8 +125,8 @@ def test_rows_best_and_tables():
     md = to_markdown(rows, "psnr", best_row(rows, "psnr"), None)
     assert "Best by psnr: c1 (fixed_0.1)" in md and "| **c1** (best) | fixed_0.1 |" in md
     csv_text = to_csv(rows)
-    assert csv_text.splitlines()[0] == ("label,mode,method,speedup,denoising_speedup,computed_fraction,latency_s,psnr,"
-                                        "ssim,lpips,videos")
+    assert csv_text.splitlines()[0] == ("label,mode,method,speedup,denoising_speedup,ideal_speedup,noise,"
+                                        "computed_fraction,latency_s,psnr,ssim,lpips,videos")
     assert len(csv_text.splitlines()) == 4
 
     no_fid = sweep_rows(runs, candidates, {}, baseline="baseline")

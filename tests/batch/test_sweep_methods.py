@@ -1,12 +1,11 @@
 """The sweep across cache methods on the tiny CPU model, end to end: candidates of every registered method (one with a
 calibration file) generated on a Ray worker, fidelity, one table with a method column and one Pareto plot; a re-run
-resumes (nothing generated again). No method is named in the sweep's code: the candidates are the contract suite's
-modes."""
+resumes (nothing generated again). No method is named in the sweep's code: the candidates are the registered
+methods' test modes."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -21,22 +20,12 @@ from genmo_teacache.caches import METHODS
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[2]
-STEPS = 8  # the contract modes skip some steps of an 8-step tiny run
+STEPS = 8  # the test modes skip some steps of an 8-step tiny run
 
 
-def contract_modes() -> dict[str, tuple[str, str]]:
-    spec = importlib.util.spec_from_file_location("_contract", REPO / "tests" / "caches" / "test_contract.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CONTRACT
-
-
-def test_sweep_across_methods_with_ray_and_resume(tiny_model_dir, tmp_path):
-    modes = {key: skip for key, (skip, _) in contract_modes().items() if key != "baseline"}
-    assert set(modes) == {m.key for m in METHODS if m.enabled}
-    cal = tmp_path / "cal.json"  # for the methods that take one (MagCache's ratios)
-    cal.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0.0, 1.0],
-                               "mag_ratios": [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, STEPS)]}))
+def test_sweep_across_methods_with_ray_and_resume(tiny_model_dir, method_calibration, tmp_path):
+    modes = {m.key: m.test_modes[0] for m in METHODS if m.enabled}
+    cal = method_calibration  # for the methods that take one (MagCache's ratios)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red car drives through the snowy city\n")
     out = tmp_path / "sweep"

@@ -1,40 +1,23 @@
-"""What the modifier tests share: modes of every registered method for 8-step tiny runs, sampling, and hooks that
-record what the real sampler computed.
-
-Adding a method (easycache, fbcache, ...): one line in METHOD_MODES."""
+"""What the modifier tests share: the test modes of every registered method that caches (``Method.test_modes``, for
+8-step tiny runs), sampling, and hooks that record what the real sampler computed. A new method is tested here as soon
+as it is registered."""
 
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 
-from genmo_teacache.caches import parse_mode
-from genmo_teacache.caches.base import AFTER_FIRST_BLOCK, BLOCKS, MODEL
-from genmo_teacache.coefficients import Rescale
+from genmo_teacache.caches import METHODS, parse_mode
+from genmo_teacache.caches.reuse import AfterFirstBlock, Blocks, Model
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.sampler import sample_model
 
 STEPS = 8
-# method key -> modes on an 8-step tiny run (parsed with the calibration file below): one that computes some steps
-# and skips others, with two computed steps before some skip (a forecast of order 1), and its "threshold 0" that
-# computes every step
-METHOD_MODES = {
-    "teacache": ("fixed_0.05", "fixed_0.0"),  # fixed_0.05 computes steps 0, 2, 4, 5, 6, 7 on the tiny model
-    "magcache": ("mag_0.1_r0.0", "mag_0.0"),  # K = 2 on ratios 1 +- 0.01: computes 0, 3, 6, 7
-    "easycache": ("easycache_0.2_w2", "easycache_0.0"),
-    "fbcache": ("fbcache_0.44", "fbcache_0.0"),  # computes 0, 1, skips 2, 3: forecasts have two values
-}
-
-
-def write_calibration(path):
-    """A calibration file for the methods that take one: TeaCache's default polynomial (so its decisions are the
-    default ones) and magnitude ratios a few percent from 1."""
-    default = Rescale()
-    path.write_text(json.dumps({"coefficients": list(default.coefficients), "x_max": default.x_max,
-                                "mag_ratios": [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, STEPS)]}))
-    return path
+# method key -> its test modes (parsed with the method_calibration fixture): one that computes some steps and skips
+# others, with two computed steps before some skip (a forecast of order 1), and its "threshold 0" that computes every
+# step; every registered method that caches (a modifier needs one)
+METHOD_MODES = {m.key: m.test_modes for m in METHODS if m.enabled}
 
 
 def conditioning(pipe, batched, prompt="a red car drives through the snowy city"):
@@ -103,15 +86,15 @@ class Recorder:
 def entry_and_quantity(reuse: str, rec: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """For a branch that ran on a computed step: (what a skip adds the cached quantity to, the quantity it caches),
     from the hooks, for each reuse point (``caches.base``)."""
-    if reuse == BLOCKS:
+    if reuse == Blocks.name:
         return rec["x"], rec["blocks"].float() - rec["x"].float()
-    if reuse == AFTER_FIRST_BLOCK:
+    if reuse == AfterFirstBlock.name:
         return rec["x1"], rec["blocks"].float() - rec["x1"].float()
-    if reuse == MODEL:
+    if reuse == Model.name:
         return rec["z"], rec["out"].float() - rec["z"].float()
     raise ValueError(reuse)
 
 
 def entry_of_skip(reuse: str, rec: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """What a skipped step added its quantity to (None for ``model``: a skip makes no DiT call to watch)."""
-    return {BLOCKS: rec.get("x"), AFTER_FIRST_BLOCK: rec.get("x1")}.get(reuse)
+    return {Blocks.name: rec.get("x"), AfterFirstBlock.name: rec.get("x1")}.get(reuse)

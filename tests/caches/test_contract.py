@@ -1,6 +1,7 @@
 """The contract every registered cache method keeps, on the tiny model with the real upstream classes (as
-diffusers' CacheTesterMixin does for its hooks). Adding a method: add its entry to CONTRACT (a mode that can skip
-on the tiny model, and its "threshold 0" that computes every step); the two-rank part is in tests/multigpu."""
+diffusers' CacheTesterMixin does for its hooks), with the modes it declares (``Method.test_modes``: one that skips
+on the tiny model, and its "threshold 0" that computes every step); the two-rank part is in tests/multigpu. A new
+method is under contract as soon as it is registered."""
 
 import copy
 import json
@@ -8,29 +9,21 @@ import json
 import pytest
 import torch
 
-from genmo_teacache.caches import METHODS, parse_mode
+from genmo_teacache.caches import METHODS, observed_method, parse_mode
+from genmo_teacache.caches.indicators import INDICATORS
+from genmo_teacache.caches.reuse import REUSE_POINTS
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
 
 # method key -> (a mode that skips some steps of an 8-step tiny run, its equivalent of threshold 0)
-CONTRACT = {
-    "baseline": ("baseline", "baseline"),
-    "teacache": ("fixed_0.3", "fixed_0.0"),
-    "magcache": ("mag_0.1_r0.0", "mag_0.0"),
-    "easycache": ("easycache_0.2_w2", "easycache_0.0"),
-    "fbcache": ("fbcache_0.5", "fbcache_0.0"),
-}
+CONTRACT = {m.key: m.test_modes for m in METHODS}
 STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory):
-    """A calibration file for the methods that take one (magnitude ratios a few percent from 1)."""
-    path = tmp_path_factory.mktemp("cal") / "cal.json"
-    ratios = [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, STEPS)]
-    path.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0.0, 1.0], "mag_ratios": ratios}))
-    return path
+def calibration(method_calibration):
+    return method_calibration
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +50,27 @@ def decisions(result):
     return [r.computed for r in result.report.steps]
 
 
-def test_every_registered_method_is_under_contract():
-    assert {m.key for m in METHODS} == set(CONTRACT)
+def test_every_registered_method_declares_its_test_modes_and_registered_plug_ins():
+    for m in METHODS:
+        assert len(m.test_modes) >= 2, f"{m.key}: declare test_modes (a skipping mode, its threshold 0)"
+        assert m.indicator in INDICATORS and m.reuse in REUSE_POINTS, m.key
+    assert observed_method().observed and sum(m.observed for m in METHODS) == 1
+
+
+def test_the_sampler_and_the_options_name_no_method():
+    """They drive what the registry declares: no import of a method's module, no method class by name."""
+    import ast
+    import inspect
+
+    from genmo_teacache import options, sampler
+
+    names = {m.__name__ for m in METHODS} | {m.__module__ for m in METHODS}
+    for module in (sampler, options):
+        tree = ast.parse(inspect.getsource(module))
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        used |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom | ast.Import) for a in n.names}
+        assert not names & used, (module.__name__, names & used)
 
 
 @pytest.mark.parametrize("key", list(CONTRACT))

@@ -16,7 +16,6 @@ from _modifier_helpers import (
     entry_of_skip,
     plain,
     sample,
-    write_calibration,
 )
 
 from genmo_teacache.caches import CacheConfig, parse_mode
@@ -27,8 +26,8 @@ from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
 
 @pytest.fixture(scope="module")
-def cal(tmp_path_factory):
-    return write_calibration(tmp_path_factory.mktemp("cal") / "cal.json")
+def cal(method_calibration):
+    return method_calibration
 
 
 @pytest.fixture(scope="module")

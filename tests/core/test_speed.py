@@ -1,6 +1,7 @@
 """Speed options: validation, specs and presets, mode-name suffixes, refusals before any model loads, and what
 can run on CPU for real (default options leave the DiT untouched; the FP8 attention's quantisation and layout)."""
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -64,11 +65,11 @@ def test_presets_are_named_by_their_spec_and_expand():
         assert preset.spec() == name and parse_speed(name) == preset
     assert PRESETS["default"].is_default
     fast = PRESETS["fast"]
-    assert fast.dit_dtype == "bf16" and fast.compile and not fast.is_default
+    assert fast.dit_dtype == "bf16" and fast.compile_dit and not fast.is_default
 
 
 def test_spec_tokens_presets_and_overrides():
-    assert parse_speed("bf16+compile") == SpeedOptions(dit_dtype="bf16", compile=True)
+    assert parse_speed("bf16+compile") == SpeedOptions(dit_dtype="bf16", compile_dit=True)
     assert parse_speed("compile+bf16") == parse_speed("bf16+compile")
     assert parse_speed("sdpa_flash") == SpeedOptions(sdpa_backend="flash")
     assert parse_speed("fast+sage") == replace(PRESETS["fast"], attention_kernel="sage")  # token after a preset
@@ -90,7 +91,7 @@ def test_bad_specs_are_refused(spec, message):
 def test_mode_names_carry_speed_options_and_round_trip():
     assert split_mode("fixed_0.04") == ("fixed_0.04", None)
     assert split_mode("fixed_0.04@fast") == ("fixed_0.04", PRESETS["fast"])
-    assert split_mode("baseline@compile+bf16") == ("baseline", SpeedOptions(dit_dtype="bf16", compile=True))
+    assert split_mode("baseline@compile+bf16") == ("baseline", SpeedOptions(dit_dtype="bf16", compile_dit=True))
     assert join_mode(*split_mode("baseline@compile+bf16")) == "baseline@bf16+compile"  # canonical form
     for o in all_valid_options():
         name = join_mode("adaptive_0.12_0.04", o)
@@ -111,12 +112,61 @@ def test_bad_mode_suffixes_are_refused_with_the_mode_named(mode, message):
 
 def test_command_line_options_go_on_top_of_a_preset():
     assert merge_speed(None) == SpeedOptions()
-    assert merge_speed(None, dit_dtype="bf16", compile=True) == SpeedOptions(dit_dtype="bf16", compile=True)
+    assert merge_speed(None, dit_dtype="bf16", compile_dit=True) == SpeedOptions(dit_dtype="bf16", compile_dit=True)
     assert merge_speed("fast_bf16", attention_kernel="sage") == replace(PRESETS["fast_bf16"], attention_kernel="sage")
     # options left at their defaults do not undo the preset
-    assert merge_speed("fast", dit_dtype="fp32", compile=False, attention_kernel="sdpa") == PRESETS["fast"]
+    assert merge_speed("fast", dit_dtype="fp32", compile_dit=False, attention_kernel="sdpa") == PRESETS["fast"]
     with pytest.raises(TypeError, match="unknown speed options"):
         merge_speed(None, turbo=True)
+
+
+def setting(name: str) -> SpeedOptions:
+    """Valid options in which the field ``name`` differs from its default: a spec token, alone or after bf16."""
+    tokens = (*speed._TOKENS, *speed.PATTERN_EXAMPLES)
+    for spec in (*tokens, *(f"bf16+{t}" for t in tokens)):
+        try:
+            options = parse_speed(spec)
+        except ValueError:
+            continue
+        if getattr(options, name) != getattr(SpeedOptions(), name):
+            return options
+    raise AssertionError(f"no spec token sets {name}: add one to speed._TOKENS")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(SpeedOptions)])
+def test_every_speed_option_is_reachable_from_the_command_line_and_recorded(name, tmp_path):
+    """For every field of SpeedOptions (whatever it is called): a valid set of options in which it differs from its
+    default (a spec token, alone or after bf16), written as command-line flags named after the fields, comes out of
+    the command line as that one object (with and without a preset under it), and the fingerprint records the
+    field."""
+    from genmo_teacache.batch.cli import batch_command
+    from genmo_teacache.batch.fingerprint import pipeline_fingerprint
+    from genmo_teacache.generate_cli import generate_command
+    from genmo_teacache.options import pipeline_kwargs
+
+    options = setting(name)
+    flags = []
+    for f in dataclasses.fields(SpeedOptions):
+        value = getattr(options, f.name)
+        if value != getattr(SpeedOptions(), f.name):
+            flags += [f"--{f.name}"] if isinstance(value, bool) else [f"--{f.name}", str(value)]
+    for command in (generate_command, batch_command):
+        params = command.make_context(command.name, list(flags)).params
+        assert pipeline_kwargs(params)["speed"] == options, (command.name, flags)
+        preset = command.make_context(command.name, ["--speed_preset", "default", *flags]).params
+        assert pipeline_kwargs(preset)["speed"] == options
+    fingerprint, _ = pipeline_fingerprint(tmp_path, pipeline_kwargs(params), gpu=False)
+    assert fingerprint[name] == getattr(options, name) and fingerprint["speed"] == options.spec()
+
+
+def test_fingerprints_of_earlier_versions_still_compare():
+    from genmo_teacache.batch.fingerprint import differences, speed_fingerprint
+
+    now = speed_fingerprint(parse_speed("bf16"))
+    before_fp8_mm = {"speed": "bf16", "dit_dtype": "bf16", "sdpa_backend": "auto", "compile_dit": False,
+                     "attention_kernel": "sdpa", "fp8_linear": False}  # the keys as earlier reports wrote them
+    assert differences(before_fp8_mm, now) == [] and differences({"speed": "bf16", "dit_dtype": "bf16"}, now) == []
+    assert differences({**before_fp8_mm, "compile_dit": True}, now) == ["compile_dit True != False"]
 
 
 @pytest.mark.parametrize("options", [SpeedOptions(attention_kernel=k) for k in ("fa3", "fa3_fp8", "fa4", "sage")]
@@ -141,7 +191,7 @@ def test_gpu_only_options_are_refused_on_cpu_even_when_installed(key, monkeypatc
 
 
 def test_cpu_options_pass_the_check():
-    for o in (SpeedOptions(), SpeedOptions(dit_dtype="bf16", compile=True, sdpa_backend="math")):
+    for o in (SpeedOptions(), SpeedOptions(dit_dtype="bf16", compile_dit=True, sdpa_backend="math")):
         check_speed_options(o, "cpu")
 
 

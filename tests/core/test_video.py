@@ -12,16 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genmo_teacache.video import (
-    TMP_PREFIX,
-    OutputPathError,
-    VideoWriteError,
-    check_output_dir,
-    check_output_file,
-    read_video,
-    verify_video,
-    write_video,
-)
+from genmo_teacache.files import TMP_PREFIX, OutputPathError, check_output_dir, check_output_file
+from genmo_teacache.video import VideoWriteError, read_video, verify_video, write_video
 
 REPO = Path(__file__).resolve().parents[2]
 NOISE = np.random.default_rng(0).random((31, 128, 128, 3)).astype(np.float32)  # ~80 KB of H.264

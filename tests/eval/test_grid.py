@@ -15,7 +15,8 @@ from genmo_teacache.eval import grid
 from genmo_teacache.eval.compare_videos import compare_videos_command
 from genmo_teacache.eval.fidelity import file_stamp, psnr_frames
 from genmo_teacache.eval.grid import GridOptions, make_grids, plan_grids
-from genmo_teacache.video import read_video, write_json, write_video
+from genmo_teacache.files import write_json
+from genmo_teacache.video import read_video, write_video
 
 H, W = 48, 64
 MODES = ["fast", "faster", "gone"]  # "gone" lacks the second video

@@ -224,3 +224,60 @@ def test_speedups_are_taken_on_the_videos_both_modes_logged(tmp_path: Path) -> N
     assert speedups(t, "base")["fast"]["end_to_end"] == pytest.approx(2.0)  # a vs a, not (100 + 300) / 2 vs 50
     comp = tables.collect(["fast"], "base", None, None, tmp_path)
     assert comp.notes == ["speedup of fast over the 1 video(s) both it and the baseline logged (fast: 1, base: 2)"]
+
+
+def _entry(mode: str, total: float, denoise: float, forwards: int, speed: str = "") -> dict:
+    return {"mode": mode, "prompt": "a", "sample": 0, "time_seconds": total, "speed": speed,
+            "timings": {"denoising_s": denoise}, "cache": {"dit_calls": forwards}}
+
+
+def test_a_speedup_above_its_ideal_is_noise_in_the_tables_the_json_and_the_plots(tmp_path: Path, monkeypatch) -> None:
+    """``half`` ran 10 of the baseline's 20 forwards, so 2x is the most it can gain; it measured 4x (a loaded
+    machine): flagged as noise wherever a speedup is shown, never shown as a result. ``ok`` (1.11x of an ideal
+    1.25x) is a result; ``kernel`` ran other speed options, whose gain no forward count bounds."""
+    from genmo_teacache.eval import plots
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "generation_log_0-1.json").write_text(json.dumps({"runs": [
+        _entry("base", 100.0, 80.0, 20), _entry("half", 25.0, 20.0, 10), _entry("ok", 90.0, 70.0, 16),
+        _entry("kernel", 25.0, 20.0, 20, speed="fast")]}))
+    fid = tmp_path / "fidelity"
+    fid.mkdir()
+    for mode, psnr in (("half", 30.0), ("ok", 35.0), ("kernel", 40.0)):
+        (fid / f"{mode}_vs_base.json").write_text(json.dumps({"mode": mode, "baseline": "base", "num_videos": 1,
+                                                               "psnr": {"mean": psnr}, "lpips": {"mean": 0.1}}))
+    ups = speedups(load_timings(tmp_path / "logs"), "base")
+    assert ups["half"] == {"ideal": 2.0, "end_to_end_noise": 4.0, "denoising_noise": 4.0}
+    assert ups["ok"] == {"ideal": 1.25, "end_to_end": pytest.approx(100 / 90), "denoising": pytest.approx(80 / 70)}
+    assert ups["kernel"] == {"end_to_end": 4.0, "denoising": 4.0}  # no ideal across speed options
+    comp = tables.collect(["half", "ok", "kernel"], "base", None, fid, tmp_path / "logs")
+    half = comp.results["half"]
+    assert half.speedup == {} and half.noise == {"end_to_end": 4.0, "denoising": 4.0} and half.ideal_speedup == 2.0
+
+    rows = {r[0]: r for r in tables.summary_rows(comp, {})}
+    assert rows["half"][1] == rows["half"][-1] == "noise (4.00x > ideal 2.00x)"
+    assert rows["ok"][1] == "1.11x" and rows["kernel"][1] == "4.00x"
+    written = tables.write_tables(comp, tmp_path / "out")
+    data = json.loads(written["all_comparison_results.json"].read_text())
+    assert "speedup" not in data["half"] and data["half"]["speedup_noise"] == {"end_to_end": 4.0, "denoising": 4.0}
+    assert data["half"]["ideal_speedup"] == 2.0 and data["ok"]["speedup"]["end_to_end"] == pytest.approx(1.111, 1e-3)
+    note = "- half: end-to-end 4.00x, denoising 4.00x measured, above the ideal 2.00x of the DiT forwards it skipped"
+    assert note in written["summary_table.md"].read_text() and note in tables.console_report(comp)
+    assert "noise (4.00x > ideal 2.00x)" in (tmp_path / "out" / "summary_table.csv").read_text()
+
+    figures = []
+    save = plots._save
+
+    def keep(fig, out_png):  # a spy that still writes the file
+        figures.append(fig)
+        return save(fig, out_png)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert plots.plot_speedup_vs_fidelity(comp, "psnr", tmp_path / "psnr.png").is_file()
+    (fig,) = figures
+    assert len(fig.axes) == 2 and all(  # end-to-end and denoising panels: ok and kernel drawn, not half
+        sorted(round(float(x), 2) for c in ax.collections for x, _ in c.get_offsets()) == [1.11 if ax is fig.axes[0]
+                                                                                             else 1.14, 4.0]
+        for ax in fig.axes)
+    (text,) = [t.get_text() for t in fig.texts]
+    assert "speedup is noise" in text and "half (end-to-end speedup 4.00x > ideal 2.00x)" in text

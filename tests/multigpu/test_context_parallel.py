@@ -1,14 +1,11 @@
 """Two context-parallel CPU ranks through real Ray, gloo and FSDP, on the tiny model."""
 
-import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 import ray
 import torch
 
-from genmo_teacache.caches import CacheConfig, parse_mode
+from genmo_teacache.caches import METHODS, CacheConfig, parse_mode
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
 from genmo_teacache.parallel import check_divisible
@@ -48,7 +45,11 @@ def test_two_ranks_match_one_process_bit_for_bit(two_ranks, tiny_model_dir):
     assert torch.equal(got.latents, expected.latents)
     assert got.frames.shape == expected.frames.shape
     base_single = generate(single, CacheConfig.baseline())
-    assert torch.equal(generate(two_ranks, CacheConfig.baseline()).latents, base_single.latents)
+    base_two = generate(two_ranks, CacheConfig.baseline())
+    assert torch.equal(base_two.latents, base_single.latents)
+    # the ranks keep their warm-up state as one process does: the first generation ran the warm-up pass (timed
+    # apart, on both ranks alike, or their collectives would hang), the second found the shape warm
+    assert got.timings["warmup_s"] > 0 and base_two.timings["warmup_s"] == 0
 
 
 def test_a_failing_rank_ends_the_run_without_hanging(tiny_model_dir):
@@ -117,26 +118,14 @@ def test_cfg_parallel_layouts_that_do_not_fit_are_refused():
 
 # -- every registered method on two ranks (kept last: its pipeline lives until the module ends) ---------------------
 
-def _contract_modes() -> dict[str, tuple[str, str]]:
-    """The contract suite's modes (tests/caches/test_contract.py: CONTRACT), one entry per registered method."""
-    path = Path(__file__).parents[1] / "caches" / "test_contract.py"
-    spec = importlib.util.spec_from_file_location("_contract", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CONTRACT
-
-
-CONTRACT = _contract_modes()
+CONTRACT = {m.key: m.test_modes for m in METHODS}  # the contract suite's modes, one entry per registered method
 
 
 @pytest.fixture(scope="module")
-def shared_ranks(tiny_model_dir, tmp_path_factory):
-    """One two-rank pipeline for every method, and a calibration file for the methods that take one."""
-    cal = tmp_path_factory.mktemp("cal") / "cal.json"
-    ratios = [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, SETTINGS.num_steps)]
-    cal.write_text(json.dumps({"coefficients": [1.0, 0.0], "x_range": [0.0, 1.0], "mag_ratios": ratios}))
+def shared_ranks(tiny_model_dir, method_calibration):
+    """One two-rank pipeline for every method, and the calibration file of the test modes."""
     pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
-    yield pipe, cal
+    yield pipe, method_calibration
     pipe.close()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from genmo_teacache.batch.execute import PipelineSpec
+from genmo_teacache.batch.execute import JobOptions, PipelineSpec
 from genmo_teacache.batch.jobs import (
     MAX_SAMPLES,
     SEED_MAX,
@@ -30,6 +30,7 @@ from genmo_teacache.batch.state import format_summary, read_logs, summarize
 from genmo_teacache.batch.sweep import sweep_options
 from genmo_teacache.caches import syntax
 from genmo_teacache.cliutils import compose, setup_logging
+from genmo_teacache.files import OutputPathError, check_output_dir
 from genmo_teacache.options import (
     apply_model_defaults,
     generation_options,
@@ -38,7 +39,7 @@ from genmo_teacache.options import (
     settings_from_options,
 )
 from genmo_teacache.parallel import check_ray_address
-from genmo_teacache.video import OutputPathError, check_output_dir
+from genmo_teacache.speed import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,11 @@ def pipeline_spec(gen: dict[str, Any], k: int, use_ray: bool) -> PipelineSpec:
 
 def is_cpu(gen: dict[str, Any]) -> bool:
     return str(gen.get("device") or "auto").startswith("cpu")
+
+
+def uses_gpu(gen: dict[str, Any], o: dict[str, Any]) -> bool:
+    """Whether the pipelines run on GPUs (Ray workers: unless --device cpu; here: if one is visible)."""
+    return not is_cpu(gen) and (o["use_ray"] or _cuda_available())
 
 
 def prompt_options(default_output: str) -> Callable[[Any], Any]:
@@ -211,11 +217,16 @@ def report_result(plan: BatchPlan, result: BatchResult, modes: list[str]) -> Non
 
 def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str | list[str], *,
               num_samples: int, generation_seed: int, start_idx: int, end_idx: int | None, gpu_id: int | None = None,
-              total_gpus: int = 1, num_prompts: int | None = None,
-              calibration: str | None = None, layout: str = BATCH.name) -> tuple[BatchPlan, list[str]]:
-    """Validate everything that can be validated without the model; raise click errors naming the bad value. Says
-    on screen (stderr) what of a mode never acts at this step count (a schedule cut, a warm-up covering the run,
-    a CFG cache starting after the last step), as ``generate`` does."""
+              total_gpus: int = 1, num_prompts: int | None = None, calibration: str | None = None,
+              layout: str = BATCH.name, spec: PipelineSpec | None = None, gpu: bool = False,
+              observe_only: bool = False, background_write: bool = True) -> tuple[BatchPlan, list[str]]:
+    """The plan, built once: validate everything that can be validated without the model (click errors name the
+    bad value). Says on screen (stderr) what of a mode never acts at this step count (a schedule cut, a warm-up
+    covering the run, a CFG cache starting after the last step), as ``generate`` does. With the pipeline ``spec``
+    (``gpu``: whether it runs on GPUs), the plan carries the run's speed options and the fingerprint of the weights
+    and options, what a resume is checked against. Returns the plan and the modes' folders."""
+    from genmo_teacache.batch.fingerprint import pipeline_fingerprint
+
     prompts = load_prompt_list(prompts_file)
     try:
         modes = parse_modes(modes_text, calibration)
@@ -244,8 +255,11 @@ def make_plan(settings: Any, prompts_file: str, output_dir: str, modes_text: str
         click.echo(f"warning: videos numbered {', '.join(map(str, late))} (their seeds, in the {layout} layout): "
                    f"VBench's standard mode reads <prompt>-0 .. -{MAX_SAMPLES - 1} only", err=True)
     start, end = selected[0][0], selected[-1][0] + 1
-    plan = BatchPlan(Path(output_dir), jobs, settings, start, end, gpu_id, total_gpus)
-    return plan, [mode_folder(m) for m, _ in modes]
+    fingerprint, model_paths = (None, None) if spec is None else pipeline_fingerprint(
+        spec.model_dir or ".", spec.kwargs, gpu=gpu, observe_only=observe_only)
+    options = JobOptions(str(Path(output_dir)), settings, fingerprint, model_paths, observe_only, background_write,
+                         SpeedOptions() if spec is None else spec.speed)
+    return BatchPlan(options, jobs, start, end, gpu_id, total_gpus), [mode_folder(m) for m, _ in modes]
 
 
 def print_dry_run(plan: BatchPlan, use_ray: bool) -> None:
@@ -291,22 +305,10 @@ def check_speeds(plan: BatchPlan, gen: dict[str, Any], k: int, remote: bool) -> 
             raise click.UsageError(f"modes {modes} (speed options {speed.spec()}): {e}") from None
 
 
-def execute_plan(plan: BatchPlan, gen: dict[str, Any], o: dict[str, Any]) -> BatchResult | None:
+def execute_plan(plan: BatchPlan, spec: PipelineSpec, gen: dict[str, Any], o: dict[str, Any]) -> BatchResult | None:
     """Run the plan locally or on Ray; None for a dry run (which only prints it). Before any model loads: the
-    speed options of every mode, the fingerprint of the weights and options (what a resume is checked against),
-    the output folder can be written, the Ray address answers, each mode's speed options can run here."""
-    from genmo_teacache.batch.fingerprint import pipeline_fingerprint
-
+    output folder can be written, the Ray address answers, each mode's speed options can run here."""
     k = gpus_per_worker(gen, o)
-    spec = pipeline_spec(gen, k, o["use_ray"])
-    try:
-        plan.speed = spec.speed
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    gpu = not is_cpu(gen) and (o["use_ray"] or _cuda_available())
-    plan.fingerprint, plan.model_paths = pipeline_fingerprint(spec.model_dir or ".", spec.kwargs, gpu=gpu,
-                                                              observe_only=plan.observe_only)
-    plan.background_write = o["background_write"]
     if o["dry_run"]:
         print_dry_run(plan, o["use_ray"])
         return None
@@ -366,12 +368,13 @@ def batch_command(ctx: click.Context, **kwargs: Any) -> None:
     gen, o = split_options(ctx, kwargs)
     check_shares(o)
     settings = settings_from_options(**gen)
+    spec = pipeline_spec(gen, gpus_per_worker(gen, o), o["use_ray"])
     plan, modes = make_plan(settings, o["prompts_file"], o["output_dir"], o["modes"], num_samples=o["num_samples"],
                             generation_seed=o["generation_seed"], start_idx=o["start_idx"], end_idx=o["end_idx"],
-                            gpu_id=o["gpu_id"], total_gpus=o["total_gpus"],
-                            calibration=o["calibration"], layout=o["layout"])
-    plan.observe_only = o["delta_temni_plot"]
-    result = execute_plan(plan, gen, o)
+                            gpu_id=o["gpu_id"], total_gpus=o["total_gpus"], calibration=o["calibration"],
+                            layout=o["layout"], spec=spec, gpu=uses_gpu(gen, o), observe_only=o["delta_temni_plot"],
+                            background_write=o["background_write"])
+    result = execute_plan(plan, spec, gen, o)
     if result is None:
         return
     report_result(plan, result, modes)
@@ -414,11 +417,13 @@ def sweep_command(ctx: click.Context, **kwargs: Any) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--configs") from None
     modes = [o["baseline"]] + [mode for _, mode in candidates]
+    spec = pipeline_spec(gen, gpus_per_worker(gen, o), o["use_ray"])
     plan, _ = make_plan(settings, o["prompts_file"], o["output_dir"], modes, num_samples=1, generation_seed=seed,
                         start_idx=o["start_idx"], end_idx=o["end_idx"], gpu_id=o["gpu_id"],
                         total_gpus=o["total_gpus"], num_prompts=None if o["end_idx"] else o["num_prompts"],
-                        calibration=o["calibration"], layout=o["layout"])
-    result = execute_plan(plan, gen, o)
+                        calibration=o["calibration"], layout=o["layout"], spec=spec, gpu=uses_gpu(gen, o),
+                        background_write=o["background_write"])
+    result = execute_plan(plan, spec, gen, o)
     if result is None:
         return
     if result.failed:

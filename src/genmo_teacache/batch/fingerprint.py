@@ -8,10 +8,10 @@ model loads, cheaply:
   (the safetensors header names every tensor and its offsets; the data around it differs between any two
   trainings), so moving or copying the weights keeps the identity and other weights change it;
 - model config files: their content;
-- the options that change the computation: the speed options (``speed``: their spec, and each of them expanded:
-  DiT dtype, SDPA backend, compile, attention kernel, FP8 linears; a mode's ``@SPEED`` suffix replaces the run's,
-  :func:`job_fingerprint`), attention (``auto`` resolved as the pipeline resolves it), VAE decoding (``auto``
-  resolved for the device), observe-only generation.
+- the options that change the computation: the speed options (``speed``: their spec, and every field of
+  :class:`~genmo_teacache.speed.SpeedOptions` by name, :meth:`~genmo_teacache.speed.SpeedOptions.record`; a mode's
+  ``@SPEED`` suffix replaces the run's, :func:`job_fingerprint`), attention (``auto`` resolved as the pipeline
+  resolves it), VAE decoding (``auto`` resolved for the device), observe-only generation.
 
 Not in it, on purpose: where the weights are (recorded beside it in ``model_paths`` for information), the device
 number, the number of GPUs of context parallelism, CPU offload.
@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.speed import SpeedOptions, merge_speed
+from genmo_teacache.speed import SpeedOptions
 
 SAMPLE_BYTES = 1 << 20
 DEFAULT_TEXT_ENCODER = "google/t5-v1_1-xxl (upstream's default, from the Hugging Face hub)"
@@ -81,7 +81,7 @@ def pipeline_fingerprint(model_dir: str | Path, kwargs: dict[str, Any], *, gpu: 
     fp["lora"] = weights_identity(lora) if lora else None
     decode = kwargs.get("decode_type") or "auto"
     fp.update(
-        **speed_fingerprint(run_speed(kwargs)),
+        **speed_fingerprint(kwargs.get("speed") or SpeedOptions()),
         attention_mode=_attention(kwargs.get("attention_mode")),
         decode_type=("tiled_spatial" if gpu else "full") if decode == "auto" else decode,
         observe_only=observe_only,
@@ -92,22 +92,10 @@ def pipeline_fingerprint(model_dir: str | Path, kwargs: dict[str, Any], *, gpu: 
     return fp, paths
 
 
-def run_speed(kwargs: dict[str, Any]) -> SpeedOptions:
-    """The speed options that ``generate.load_pipeline(**kwargs)`` applies (``speed_preset`` and the options given
-    on top of it). Raises ValueError naming a bad preset or combination."""
-    return merge_speed(kwargs.get("speed_preset"), dit_dtype=kwargs.get("dit_dtype"),
-                       sdpa_backend=kwargs.get("sdpa_backend"), compile=kwargs.get("compile_dit"),
-                       attention_kernel=kwargs.get("attention_kernel"), fp8_linear=kwargs.get("fp8_linear"),
-                       fp8_mm=kwargs.get("fp8_mm"))
-
-
 def speed_fingerprint(options: SpeedOptions) -> dict[str, Any]:
-    """``{"speed": spec, "dit_dtype", "sdpa_backend", "compile_dit", "attention_kernel", "fp8_linear", "fp8_mm"}``: the
-    spec and every option expanded (the names of the ``generate`` options; reports of earlier versions have the
-    first three)."""
-    return {"speed": options.spec(), "dit_dtype": options.dit_dtype, "sdpa_backend": options.sdpa_backend,
-            "compile_dit": options.compile, "attention_kernel": options.attention_kernel,
-            "fp8_linear": options.fp8_linear, "fp8_mm": options.fp8_mm}
+    """``{"speed": spec, "dit_dtype": ..., "compile_dit": ..., ...}``: the spec and every field by name, the name of
+    its ``generate`` option (reports of earlier versions have fewer: :func:`differences` compares what both have)."""
+    return options.record()
 
 
 def job_fingerprint(fingerprint: dict[str, Any] | None, options: SpeedOptions | None) -> dict[str, Any] | None:

@@ -259,7 +259,7 @@ def build_vbench_subset(cache: str | os.PathLike | None = None) -> list[dict[str
 
 
 def write_vbench_subset(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
-    from genmo_teacache.video import atomic_path
+    from genmo_teacache.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -194,7 +194,7 @@ def _run_ray(session: Session, spec: PipelineSpec, opts: RayOptions, result: Bat
     if env:
         actor_opts["runtime_env"] = {"env_vars": env}
     log_level = logging.getLogger("genmo_teacache").getEffectiveLevel()
-    job_opts = plan.job_options()
+    job_opts = plan.options
 
     workers: dict[str, Any] = {}
     starting: dict[Any, str] = {}  # ready ref -> worker name

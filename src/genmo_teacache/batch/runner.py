@@ -31,27 +31,35 @@ from genmo_teacache.speed import SpeedOptions
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchPlan:
-    """Everything a runner needs: the job list, this invocation's share of it, settings and output locations."""
+    """Everything a runner needs, built once: the job list, this invocation's share of it, and what every job shares
+    (``options``: the output folder, settings, speed options, fingerprint, ...)."""
 
-    root: Path
+    options: JobOptions
     all_jobs: list[Job]  # every job of the selected prompts x modes x samples
-    settings: Any  # generate.GenerationSettings
     start_idx: int
     end_idx: int  # exclusive
     gpu_id: int | None = None
     total_gpus: int = 1
     shares: dict[int, int] = field(default_factory=dict)  # job index -> share (when split by hand)
-    fingerprint: dict[str, Any] | None = None  # batch.fingerprint: weights and pipeline options
-    model_paths: dict[str, Any] | None = None
-    observe_only: bool = False  # --delta_temni_plot
-    background_write: bool = True
-    speed: SpeedOptions = field(default_factory=SpeedOptions)  # the run's; a mode's @SPEED replaces them
 
     def __post_init__(self) -> None:
         if self.total_gpus > 1 and not self.shares:
-            self.shares = share_of(self.all_jobs, self.total_gpus)
+            object.__setattr__(self, "shares", share_of(self.all_jobs, self.total_gpus))
+
+    @property
+    def root(self) -> Path:
+        return Path(self.options.root)
+
+    @property
+    def settings(self) -> Any:  # generate.GenerationSettings
+        return self.options.settings
+
+    @property
+    def speed(self) -> SpeedOptions:
+        """The run's speed options; a mode's ``@SPEED`` replaces them for its jobs."""
+        return self.options.speed
 
     @property
     def jobs(self) -> list[Job]:
@@ -77,12 +85,8 @@ class BatchPlan:
         return {"start_idx": self.start_idx, "end_idx": self.end_idx, "gpu_id": self.gpu_id,
                 "total_gpus": self.total_gpus, "settings": self.settings_dict}
 
-    def job_options(self) -> JobOptions:
-        return JobOptions(str(self.root), self.settings, self.fingerprint, self.model_paths, self.observe_only,
-                          self.background_write, self.speed)
-
     def finished(self, jobs: list[Job]) -> dict[int, dict[str, Any]]:
-        return finished_entries(jobs, self.root, self.settings_dict, self.fingerprint)
+        return finished_entries(jobs, self.root, self.settings_dict, self.options.fingerprint)
 
 
 @dataclass
@@ -213,7 +217,8 @@ def progress_bar(total: int, initial: int, desc: str) -> tqdm:
 def run_local(plan: BatchPlan, spec: PipelineSpec) -> BatchResult:
     """Run this invocation's pending jobs in this process, those of one set of speed options together (in the
     order of their first job; job order within), loading the model once per set and holding one at a time; each
-    video is written in the background while the next one generates (unless ``plan.background_write`` is off)."""
+    video is written in the background while the next one generates (unless ``plan.options.background_write``
+    is off)."""
     t0 = time.perf_counter()
     session = prepare(plan)
     result = BatchResult(len(plan.jobs), len(plan.jobs) - len(session.pending), log_path=plan.log_path)
@@ -230,7 +235,7 @@ def run_local(plan: BatchPlan, spec: PipelineSpec) -> BatchResult:
 def _run_local(session: Session, spec: PipelineSpec, result: BatchResult) -> None:
     plan = session.plan
     pipes = PipelineHolder(spec)  # loaded for the first job this batch claims, again when the speed options change
-    opts = plan.job_options()
+    opts = plan.options
     writer = JobWriter(opts)
     load_failed: dict[SpeedOptions, str] = {}
     with logging_redirect_tqdm(), progress_bar(result.total, result.already_done, "batch") as bar:

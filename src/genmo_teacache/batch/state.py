@@ -3,7 +3,7 @@
 A job is finished when its video exists, decodes as it did when it was written, and was made with the same
 prompt, seed, settings, cache config and weights as this run asks for. A job encodes its video under a temporary
 name, checks that it decodes to every frame, writes its sidecar report (with the video's size and SHA-256 and the
-run's fingerprint, ``batch.fingerprint``) and renames the video last, each atomically (``video.atomic_path``), so a
+run's fingerprint, ``batch.fingerprint``) and renames the video last, each atomically (``files.atomic_path``), so a
 finished video always has its report, and a killed run leaves at most a report without a video (the job is simply
 redone) and ``.tmp-*`` files (removed by the next run, for jobs whose lock it holds, so that concurrent batches
 never delete each other's files in flight). A video that no longer matches its report (truncated, emptied,
@@ -31,8 +31,18 @@ from genmo_teacache.batch.jobs import BatchError, Job
 from genmo_teacache.batch.layout import LAYOUTS, LOG_GLOB, PROMPT_NAMES
 from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
+from genmo_teacache.files import TMP_PREFIX, file_identity, write_json
 from genmo_teacache.speed import MODE_SEPARATOR
-from genmo_teacache.video import TMP_PREFIX, VideoWriteError, file_identity, verify_video, write_json
+from genmo_teacache.speedup import (
+    denoising_seconds,
+    forward_ratio,
+    ideal_speedup,
+    is_noise,
+    noise_text,
+    ratio,
+    time_seconds,
+)
+from genmo_teacache.video import VideoWriteError, verify_video
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +276,9 @@ def read_logs(root: Path) -> list[dict[str, Any]]:
 def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
               baseline: str | None = None) -> list[dict[str, Any]]:
     """Per mode: videos, mean/std latency, end-to-end and denoising speedup over the baseline on the videos both
-    have, share of computed steps.
+    have, share of computed steps, the ideal speedup of the forwards it skipped (``ideal_speedup``, nan when not
+    known), whether it skipped nothing (``skipped_nothing``) and which of its speedups are above that ideal
+    (``noise``: ["speedup", "denoising_speedup"] or fewer; see :mod:`genmo_teacache.speedup`).
 
     ``baseline``: the mode to compare with; default the first mode whose cache is off (e.g. ``mochi_baseline``),
     preferring one with the run's own speed options (``baseline`` over ``baseline@fast``).
@@ -278,6 +290,7 @@ def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
     if baseline is None:
         uncached = [m for m in order if is_baseline(m.partition(MODE_SEPARATOR)[0])]
         baseline = next((m for m in uncached if MODE_SEPARATOR not in m), uncached[0] if uncached else None)
+    base = by_mode.get(baseline, {})
     rows = []
     for mode in order:
         mruns = by_mode[mode]
@@ -286,45 +299,48 @@ def summarize(runs: list[dict[str, Any]], modes: list[str] | None = None,
         skipped = [r.get("cache", {}).get("skipped_steps") for r in mruns.values()]
         fractions = [c / (c + s) for c, s in zip(computed, skipped, strict=True)
                      if isinstance(c, int | float) and isinstance(s, int | float) and c + s > 0]
-        common = sorted(set(mruns) & set(by_mode.get(baseline, {})))
-        rows.append({
+        pairs = [(base[k], mruns[k]) for k in sorted(set(mruns) & set(base))]
+        ideal, forwards = ideal_speedup(pairs), forward_ratio(pairs)
+        fraction = statistics.fmean(fractions) if fractions else math.nan
+        row = {
             "mode": mode,
             "videos": len(mruns),
             "latency_s": statistics.fmean(times),
             "latency_std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
-            "speedup": _ratio(common, by_mode.get(baseline, {}), mruns, _total),
-            "denoising_speedup": _ratio(common, by_mode.get(baseline, {}), mruns, _denoising),
-            "computed_fraction": statistics.fmean(fractions) if fractions else math.nan,
-        })
+            "speedup": _nan(ratio(pairs, time_seconds)),
+            "denoising_speedup": _nan(ratio(pairs, denoising_seconds)),
+            "computed_fraction": fraction,
+            "ideal_speedup": _nan(ideal),
+            "skipped_nothing": forwards <= 1.0 if forwards is not None else fraction >= 1.0,
+        }
+        row["noise"] = [k for k in ("speedup", "denoising_speedup") if is_noise(row[k], ideal)]
+        rows.append(row)
     return rows
 
 
-def _total(run: dict[str, Any]) -> float | None:
-    return run.get("time_seconds")
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
-def _denoising(run: dict[str, Any]) -> float | None:
-    timings = run.get("timings")
-    return timings.get("denoising_s") if isinstance(timings, dict) else None
-
-
-def _ratio(keys: list[Any], base: dict[Any, dict[str, Any]], mode: dict[Any, dict[str, Any]], get: Any) -> float:
-    """Summed time of the baseline over summed time of the mode, on the videos both have (nan if none)."""
-    pairs = [(get(base[k]), get(mode[k])) for k in keys]
-    pairs = [(b, m) for b, m in pairs if isinstance(b, int | float) and isinstance(m, int | float)]
-    total = sum(m for _, m in pairs)
-    return sum(b for b, _ in pairs) / total if pairs and total > 0 else math.nan
-
-
+def speedup_cell(row: dict[str, Any], key: str) -> str:
+    """A speedup of a :func:`summarize` row as the tables show it: ``2.10x``, the noise flag, or empty."""
+    if math.isnan(row[key]):
+        return ""
+    return noise_text(row[key], row["ideal_speedup"]) if key in row.get("noise", ()) else f"{row[key]:.2f}x"
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`summarize` rows."""
-    lines = ["| mode | videos | latency (s) | speedup | denoising speedup | computed steps |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """A Markdown table of :func:`summarize` rows (a speedup above the ideal of the forwards skipped reads
+    "noise")."""
+    lines = ["| mode | videos | latency (s) | speedup | denoising speedup | ideal | computed steps |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        speed, dspeed = ("" if math.isnan(r[k]) else f"{r[k]:.2f}x" for k in ("speedup", "denoising_speedup"))
+        speed, dspeed = (speedup_cell(r, k) for k in ("speedup", "denoising_speedup"))
+        ideal = "" if math.isnan(r["ideal_speedup"]) else f"{r['ideal_speedup']:.2f}x"
         frac = "" if math.isnan(r["computed_fraction"]) else f"{100 * r['computed_fraction']:.0f}%"
         lines.append(f"| {r['mode']} | {r['videos']} | {r['latency_s']:.1f} ± {r['latency_std_s']:.1f} | {speed} "
-                     f"| {dspeed} | {frac} |")
+                     f"| {dspeed} | {ideal} | {frac} |")
+    if any(r["noise"] for r in rows):
+        lines.append("\nnoise: a measured speedup above the ideal of the DiT forwards the mode skipped (the most it "
+                     "can be) is noise, not a result: the times varied more than what was skipped saved.")
     return "\n".join(lines)

@@ -35,8 +35,9 @@ from genmo_teacache.batch.runner import BatchPlan
 from genmo_teacache.batch.state import read_logs, summarize
 from genmo_teacache.caches import is_baseline, method_key, parse_mode
 from genmo_teacache.caches.teacache import DEFAULT_HIGH_STEPS, TeaCache
+from genmo_teacache.files import atomic_path
 from genmo_teacache.speed import split_mode
-from genmo_teacache.video import atomic_path
+from genmo_teacache.speedup import noise_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ BEST_MODES = "best_modes.txt"
 PARETO_PLOT = "sweep_pareto.png"
 FIDELITY_MODULE = "genmo_teacache.eval.fidelity"
 METRICS = {"psnr": max, "ssim": max, "lpips": min, "speedup": max}
-COLUMNS = ("label", "mode", "method", "speedup", "denoising_speedup", "computed_fraction", "latency_s", "psnr", "ssim",
-           "lpips", "videos")
+COLUMNS = ("label", "mode", "method", "speedup", "denoising_speedup", "ideal_speedup", "noise", "computed_fraction",
+           "latency_s", "psnr", "ssim", "lpips", "videos")
 
 
 def default_candidates(num_steps: int, high_steps: int | None = None) -> list[tuple[str, str]]:
@@ -132,6 +133,8 @@ def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
         rows.append({
             "label": label, "mode": mode, "method": method_key(spec or mode) or "",
             "speedup": t.get("speedup", math.nan), "denoising_speedup": t.get("denoising_speedup", math.nan),
+            "ideal_speedup": t.get("ideal_speedup", math.nan), "noise": t.get("noise", []),
+            "skipped_nothing": t.get("skipped_nothing", False),
             "computed_fraction": t.get("computed_fraction", math.nan),
             "latency_s": t.get("latency_s", math.nan), "videos": t.get("videos", 0),
             **{m: _mean(fidelity.get(folder), m) for m in ("psnr", "ssim", "lpips")},
@@ -139,19 +142,36 @@ def sweep_rows(runs: list[dict[str, Any]], candidates: list[tuple[str, str]],
     return rows
 
 
+def eligible(row: dict[str, Any], metric: str) -> bool:
+    """Whether a candidate can be the best by ``metric``: it skipped something (a candidate that computed every
+    forward is the baseline again), and has a value for ``metric`` that is not noise."""
+    return not row.get("skipped_nothing") and not math.isnan(row[metric]) and metric not in row.get("noise", ())
+
+
+def _tie_speed(row: dict[str, Any]) -> float:
+    """The speedup that breaks a tie: the measured one, or for noise the ideal (the most it can be)."""
+    value = row["ideal_speedup"] if "speedup" in row.get("noise", ()) else row["speedup"]
+    return -math.inf if math.isnan(value) else value
+
+
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The candidate (never the baseline, the first row) that is best by ``metric``; None if none has a value."""
-    scored = [r for r in rows[1:] if not math.isnan(r[metric])]
-    return METRICS[metric](scored, key=lambda r: r[metric]) if scored else None
+    """The candidate (never the baseline, the first row) that is best by ``metric`` among the :func:`eligible`
+    ones; a tie (e.g. PSNR 100 dB: identical videos) goes to the larger speedup. None if none is eligible."""
+    scored = [r for r in rows[1:] if eligible(r, metric)]
+    sign = 1.0 if METRICS[metric] is max else -1.0
+    return max(scored, key=lambda r: (sign * r[metric], _tie_speed(r))) if scored else None
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.{digits}f}"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
     return str(value)
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """The table as CSV; ``noise`` names the speedup columns whose value is above the ideal (not a result)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -163,15 +183,26 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def to_markdown(rows: list[dict[str, Any]], metric: str, best: dict[str, Any] | None, note: str | None) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [_fmt(r[c]) for c in COLUMNS]
+        cells = [noise_text(r[c], r["ideal_speedup"]) if c in r["noise"] else _fmt(r[c]) for c in COLUMNS]
         if best is not None and r is best:
             cells[0] = f"**{cells[0]}** (best)"
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if best is None:
-        lines.append(f"No candidate has a value for {metric}" + (f" ({note})." if note else "."))
+        valued = any(not math.isnan(r[metric]) for r in rows[1:])
+        lines.append(f"No candidate has a value for {metric}" + (" that is not noise, from a candidate that skipped "
+                                                                 "something" if valued else "")
+                     + (f" ({note})." if note else "."))
     else:
-        lines.append(f"Best by {metric}: {best['label']} ({best['mode']}), {metric} = {_fmt(best[metric])}.")
+        tied = [r["label"] for r in rows[1:] if r is not best and eligible(r, metric) and r[metric] == best[metric]]
+        tie = f" (tied with {', '.join(tied)}; the larger speedup wins)" if tied else ""
+        lines.append(f"Best by {metric}: {best['label']} ({best['mode']}), {metric} = {_fmt(best[metric])}{tie}.")
+    if any(r["noise"] for r in rows):
+        lines.append("Noise: a speedup above the ideal of the DiT forwards its candidate skipped (the most it can be) "
+                     "is not a result: the times varied more than what was skipped saved.")
+    skipped_nothing = [r["label"] for r in rows[1:] if r.get("skipped_nothing")]
+    if skipped_nothing:
+        lines.append(f"Not candidates for best (they skipped nothing): {', '.join(skipped_nothing)}.")
     if note:
         lines.append(f"Note: {note}.")
     return "\n".join(lines) + "\n"
@@ -242,8 +273,9 @@ def check_sweep_options(o: dict[str, Any]) -> int:
 
 def plot_rows(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     """The sweep's Pareto plot: every candidate's end-to-end speedup against its PSNR and LPIPS, each method in its
-    own colour and marker (:func:`genmo_teacache.eval.plots.plot_pareto`, drawn from the table's rows). None when
-    nothing can be drawn (no fidelity, or matplotlib missing)."""
+    own colour and marker (:func:`genmo_teacache.eval.plots.plot_pareto`, drawn from the table's rows); a speedup
+    that is noise is not drawn but named on the figure. None when nothing can be drawn (no fidelity, or matplotlib
+    missing)."""
     try:
         from genmo_teacache.eval import plots, scoring
         from genmo_teacache.eval.tables import Comparison, ModeResults
@@ -253,9 +285,12 @@ def plot_rows(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     results = {}
     for r in rows:
         fidelity = {m: {"mean": r[m]} for m in ("psnr", "ssim", "lpips") if not math.isnan(r[m])}
-        speedup = {"end_to_end": r["speedup"]} if not math.isnan(r["speedup"]) else {}
+        noisy = "speedup" in r["noise"]
+        speedup = {"end_to_end": r["speedup"]} if not (math.isnan(r["speedup"]) or noisy) else {}
         results[r["mode"]] = ModeResults(mode=r["mode"], raw={}, aggregate=scoring.aggregate({}),
-                                         fidelity=fidelity or None, speedup=speedup)
+                                         fidelity=fidelity or None, speedup=speedup,
+                                         noise={"end_to_end": r["speedup"]} if noisy else {},
+                                         ideal_speedup=None if math.isnan(r["ideal_speedup"]) else r["ideal_speedup"])
     comp = Comparison(baseline=rows[0]["mode"], modes=[r["mode"] for r in rows], results=results)
     labels = {r["mode"]: r["label"] for r in rows}
     return plots.plot_pareto(comp, out_png, labels, title="Sweep: speedup against fidelity, every method")

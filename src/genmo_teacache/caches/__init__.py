@@ -4,10 +4,12 @@ method plus its modifiers, which is what the sampler, generate, batch, sweep and
 A mode name is ``[mochi_]<method mode>[+<modifier>...]``, e.g. ``fixed_0.04``, ``mochi_adaptive_0.12_0.04``,
 ``easycache_0.05``, ``fbcache_0.1+taylor1``. It round-trips: ``parse_mode(config.name) == config``.
 
-Adding a method: write ``caches/<method>.py`` with a frozen dataclass subclassing :class:`~.base.Method` (and its
-policy), add the class to :data:`METHODS`, and add it to the contract suite's list in tests (docs/METHODS.md).
-Modifiers (:class:`~.base.Modifier`: ``+cfg``, the CFG cache; ``+taylor1``, forecasting) are registered in
-:data:`MODIFIERS` and compose with every method (docs/METHODS.md, Modifiers).
+Adding a method: write ``caches/<method>.py`` with a frozen dataclass subclassing :class:`~.base.Method` (its
+indicator and reuse point by name, its ``test_modes``) and its policy (:class:`~.base.Policy`), and add the class to
+:data:`METHODS`: every test suite runs what the registry holds (docs/METHODS.md). A new indicator or reuse point is a
+small class registered in :mod:`.indicators` or :mod:`.reuse`. Modifiers (:class:`~.base.Modifier`: ``+cfg``, the CFG
+cache; ``+taylor1``, forecasting) are registered in :data:`MODIFIERS` and compose with every method (docs/METHODS.md,
+Modifiers).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ MODIFIERS: tuple[type[Modifier], ...] = (CfgCache, Taylor)
 MOCHI_PREFIX = "mochi_"  # the reference experiment's folder names: mochi_fixed_0.04, mochi_baseline, ...
 
 __all__ = ["METHODS", "MODIFIERS", "CacheConfig", "Method", "Modifier", "ModifierState", "StepRecord",
-           "is_baseline", "method_class", "method_for", "method_key", "parse_mode"]
+           "is_baseline", "method_class", "method_for", "method_key", "observed_method", "parse_mode"]
 
 
 def _find(kinds: tuple[type, ...], text: str) -> type | None:
@@ -67,6 +69,13 @@ def method_for(key: str) -> type[Method]:
         if m.key == key:
             return m
     raise ValueError(f"unknown cache method {key!r}: use one of {', '.join(m.key for m in METHODS)}")
+
+
+def observed_method() -> type[Method]:
+    """The method whose indicator observe-only runs record (delta-TEMNI plots, calibration): the registered method
+    with ``observed = True``."""
+    (observed,) = [m for m in METHODS if m.observed]
+    return observed
 
 
 def syntax() -> str:

@@ -1,41 +1,22 @@
 """What every cache method declares, and what its policy records.
 
 A method is one module in this package: a frozen config dataclass (subclass of :class:`Method`) that parses and
-prints its mode names, validates itself, says which indicator the sampler must measure for it and which part of
-the computation a skipped step reuses, and makes its policy. A policy is pure Python on the numbers the sampler
-hands in (no tensors, no genmo import): ``reset`` at the start of a generation, ``decide`` once per denoising
-step, and ``observe`` after a computed step for methods that learn from it (EasyCache).
-
-Indicators (what the sampler measures before the decision, summed over CFG branches and context-parallel ranks):
-
-=========================  ==========================================================================================
-``none``                   nothing: the policy decides from the step index (MagCache's calibrated ratios)
-``modulated_input``        relative L1 change of block 0's modulated input from the previous step (TeaCache)
-``first_block_residual``   relative L1 change of block 0's residual from the previous step (first-block cache)
-``model_io``               the DiT's input change from the previous step over the last computed output's magnitude,
-                           and after each computed step the output-over-input change rate (EasyCache)
-=========================  ==========================================================================================
-
-Reuse points (what a skipped step adds to what, per CFG branch; cached in fp32 at every computed step):
-
-=====================  ==============================================================================================
-``blocks``             embedded tokens + cached residual of all blocks; the final layer runs with this step's
-                       modulation
-``after_first_block``  block 0's output + cached residual of blocks 1..N; block 0 and the final layer run
-``model``              DiT input latent + cached (output - input): nothing of the DiT runs
-=====================  ==============================================================================================
+prints its mode names, validates itself, names the indicator the sampler measures for it (``indicator``, one of
+:mod:`.indicators`) and the point a skipped step reuses from (``reuse``, one of :mod:`.reuse`), makes its policy,
+and says how the test suites exercise it (``test_modes``). A policy (:class:`Policy`) is pure Python on the numbers
+the sampler hands in (no tensors, no genmo import): ``reset`` at the start of a generation, ``decide`` once per
+denoising step, and ``observe`` after a computed step with what the indicator learnt (EasyCache's rate).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-NONE, MODULATED_INPUT, FIRST_BLOCK_RESIDUAL, MODEL_IO = "none", "modulated_input", "first_block_residual", "model_io"
-INDICATORS = (NONE, MODULATED_INPUT, FIRST_BLOCK_RESIDUAL, MODEL_IO)
-BLOCKS, AFTER_FIRST_BLOCK, MODEL = "blocks", "after_first_block", "model"
-REUSE_POINTS = (BLOCKS, AFTER_FIRST_BLOCK, MODEL)
+from genmo_teacache.caches.indicators import Indicator
+from genmo_teacache.caches.reuse import Blocks
 
 NUM = r"(\d+(?:\.\d*)?(?:e-?\d+)?)"  # a non-negative number as mode names write it
 
@@ -77,17 +58,38 @@ class StepRecord:
     residual_ratio: float | None = None
     mag_ratio: float | None = None  # MagCache: the calibrated magnitude ratio this step used
     rate: float | None = None  # EasyCache: the transformation rate k in force when it decided
+    # CFG cache, on a cond-only step: how many steps before this one the reused cond-uncond difference was measured
+    difference_age: int | None = None
     # which CFG branches ran the DiT this step (filled by the sampler; a CFG-cache modifier may drop one)
     branches: list[str] | None = None
+    # what a step hook recorded for this step (sparse attention: the density each step achieved, per block)
+    sparse_attention: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class Policy(Protocol):
-    def reset(self, num_steps: int) -> None: ...
+class Policy:
+    """Everything the sampler calls on a policy: ``reset`` at the start of a generation, ``decide`` once per denoising
+    step (``raw``: the indicator's value, None on the first step or for the indicator ``none``), ``observe`` after a
+    computed step with what the indicator learnt (EasyCache's transformation rate; ignored by default). A policy
+    handed to the sampler in place of its config's (benchmarks: :class:`~.pattern.PatternPolicy`) names the method
+    whose indicator and reuse point it runs with (``method``; None: the config's) and what its report records as
+    the cache config (``describe``)."""
 
-    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord: ...
+    method: Method | None = None
+
+    def reset(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
+        raise NotImplementedError
+
+    def observe(self, step: int, value: float) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": type(self).__name__, "method": getattr(self.method, "key", None)}
 
 
 class Method:
@@ -97,11 +99,21 @@ class Method:
     key: ClassVar[str]  # the method's name in sidecars and tables ("teacache", "magcache", ...)
     prefixes: ClassVar[tuple[str, ...]]  # mode-name prefixes it parses ("fixed_", "adaptive_", ...)
     syntax: ClassVar[str]  # its mode grammar, for error messages
-    indicator: ClassVar[str] = NONE
-    reuse: ClassVar[str] = BLOCKS
+    indicator: ClassVar[str] = Indicator.name  # a name in indicators.INDICATORS
+    reuse: ClassVar[str] = Blocks.name  # a name in reuse.REUSE_POINTS
     compare_with_last_computed: ClassVar[bool] = False  # indicator against the last computed step, not the previous
     uses_calibration: ClassVar[bool] = False  # reads a calibration file (genmo-teacache calibrate)
     enabled: ClassVar[bool] = True
+    # Observe-only runs (delta-TEMNI plots, calibration) record this method's indicator on every step, whatever the
+    # mode: exactly one registered method sets it (caches.observed_method), and implements ``observer`` and
+    # ``policy(observe_only=True)`` (every step computed, the indicator recorded).
+    observed: ClassVar[bool] = False
+    # The modes the test suites run on their 8-step tiny model (tests/caches, tests/multigpu; TeaCache's default
+    # polynomial, magnitude ratios 1 +- 0.01): [0] computes some steps and skips others, with two computed steps before
+    # a skip; [1], its "threshold 0", computes every step.
+    test_modes: ClassVar[tuple[str, ...]] = ()
+    # Its own command-line flags, if any (TeaCache: those of upstream's TeaCache demo), and how errors name them.
+    cli_flags: ClassVar[str] = ""
 
     @classmethod
     def parse(cls, name: str, calibration: Any = None) -> Method:
@@ -115,6 +127,22 @@ class Method:
 
     def policy(self) -> Policy:
         raise NotImplementedError
+
+    @classmethod
+    def observer(cls) -> Method:
+        """The config whose policy observe-only runs of other methods' modes use (the ``observed`` method only)."""
+        raise NotImplementedError(f"{cls.key} is not the observed method")
+
+    @classmethod
+    def click_options(cls) -> list[Callable[[Any], Any]]:
+        """click decorators of the method's own flags (``options.cache_options`` adds those of every method)."""
+        return []
+
+    @classmethod
+    def from_flags(cls, options: Mapping[str, Any], calibration: Any = None) -> Method | None:
+        """The config the method's own flags describe (``options``: the command's keyword arguments), or None when
+        none of them is given. ValueError naming a bad or conflicting flag."""
+        return None
 
     def computed_fraction(self, num_steps: int) -> float:
         """Expected share of the denoising steps computed (1.0 for the baseline): batch's cost model."""
@@ -180,6 +208,7 @@ class ModifierState:
     * ``run_branches``: on a computed step, the CFG branches that run the DiT (a CFG cache drops ``uncond``);
     * ``fill``: afterwards, put the outputs of branches that did not run into ``outputs`` (and learn from those that
       did); called on every step with the branches that ran (none on a skipped step);
+    * ``annotate``: then write what it did this step into the step's record (the sidecar's per-step fields);
     * ``history``: how many cached values (the reused quantity of past computed steps) the sampler keeps per branch,
       newest last, and ``estimate``: what a skipped step reuses, from that history (forecasting).
     """
@@ -193,6 +222,9 @@ class ModifierState:
         return branches
 
     def fill(self, step: int, outputs: dict, ran: list[str]) -> None:
+        pass
+
+    def annotate(self, record: StepRecord) -> None:
         pass
 
     def estimate(self, step: int, history: list) -> Any:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import Method, StepRecord
+from genmo_teacache.caches.base import Method, Policy, StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class Baseline(Method):
     prefixes: ClassVar[tuple[str, ...]] = ("baseline", REFERENCE_ALIAS)
     syntax: ClassVar[str] = f"baseline (or the reference's {REFERENCE_ALIAS})"
     enabled: ClassVar[bool] = False
+    test_modes: ClassVar[tuple[str, ...]] = ("baseline", "baseline")
 
     @classmethod
     def parse(cls, name: str, calibration: Any = None) -> Baseline:
@@ -48,9 +49,6 @@ def _note_alias(name: str) -> None:
     logger.warning(ALIAS_NOTE.format(name="mochi_" + name))
 
 
-class NoCachePolicy:
-    def reset(self, num_steps: int) -> None:
-        self.num_steps = num_steps
-
+class NoCachePolicy(Policy):
     def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
         return StepRecord(step, sigma, 0.0, None, None, 0.0, True, "no_cache")

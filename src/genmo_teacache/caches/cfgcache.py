@@ -4,21 +4,29 @@ the DiT, and the unconditional output is rebuilt from the conditional one and th
 the last step where both branches ran, split into low and high spatial frequencies that are weighted apart.
 
 What FasterCache's patched copy of Genmo's native Mochi sampler does (``sample_model_fastercache`` in
-``fastercache/models/genmo/mochi_preview/pipelines.py``; 64 steps, unbatched CFG), and what this modifier does:
+``fastercache/models/genmo/mochi_preview/pipelines.py``, Vchitect/FasterCache commit 02d05ef; 64 steps, unbatched
+CFG), and what this modifier does:
 
 * **Which steps are cond-only:** ``step >= 22 and step % 5 != 0 and step != 63`` (63: the last step): 33 of the
   64 steps (22-62 except 25, 30, ..., 60). Here: ``step >= start``, ``step % interval != 0``, not the last step, on a
-  step the step cache computes, once a difference is cached.
+  step the step cache computes, once a difference is cached, and only while that difference is fresh: measured
+  fewer than ``interval`` steps before (see below).
 * **The cached difference:** on a step where both branches run, each output (B, C, T, H, W) is transformed per
   latent frame and channel with a 2-D FFT over (H, W) and shifted (zero frequency in the centre). The low band is
   the disc of radius ``min(H, W) // 5`` around the centre (``(x - W//2)^2 + (y - H//2)^2 <= r^2``), the high band
   the rest; ``dLF = LF(uncond) - LF(cond)``, ``dHF = HF(uncond) - HF(cond)``. FasterCache records them from step 20
   on (no earlier step uses them); here on every step where both branches run, which gives the same result when every
   step is computed.
-* **The reconstruction** on a cond-only step: first ``dHF *= 1.2`` if ``step >= 30`` and ``dLF *= 1.05`` if
-  ``step <= 50`` (the cached differences themselves are scaled, so the weights compound over consecutive cond-only
-  steps until the next full step records fresh ones), then
-  ``uncond = Re IFFT2(ifftshift((dLF + LF(cond)) + (dHF + HF(cond))))``. The same operations in the same order.
+* **The reconstruction** on a cond-only step, with the Mochi sampler's weights: first ``dHF *= 1.25`` if
+  ``step >= 30`` and ``dLF *= 1.15`` if ``step <= 50`` (the cached differences themselves are scaled, so the weights
+  compound over consecutive cond-only steps until the next full step records fresh ones), then
+  ``uncond = Re IFFT2(ifftshift((dLF + LF(cond)) + (dHF + HF(cond))))``. The same operations in the same order. (The
+  1.2 / 1.05 weights elsewhere in that repository are those of its other models' samplers: Open-Sora-Plan, Vchitect.)
+* **Stale differences:** FasterCache refreshes the difference every ``interval`` steps (the multiples of 5 run both
+  branches), so a cond-only step never uses one older than 4 steps. A step cache may skip those refresh steps; then a
+  computed step whose cached difference is ``interval`` or more steps old runs both branches (and caches a fresh
+  one) instead of rebuilding uncond from it. Each cond-only step records the age of the difference it used
+  (``difference_age`` in the step record: its step minus the step that measured it).
 * FasterCache also reuses attention outputs inside the blocks (its other half); the step caches stand in for that.
   With batched CFG its Mochi code computes both branches on every step; here ``+cfg`` with batched CFG is refused
   before anything loads (one batched call cannot drop half of itself).
@@ -42,14 +50,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from genmo_teacache.caches.base import Modifier, ModifierState
+from genmo_teacache.caches.base import Modifier, ModifierState, StepRecord
 
-DEFAULT_START = 22  # FasterCache's Mochi sampler: the first cond-only step
-DEFAULT_INTERVAL = 5  # ... steps divisible by 5 run both branches
-DEFAULT_HIGH_FROM = 30  # ... dHF *= HIGH_WEIGHT on cond-only steps from here
-DEFAULT_LOW_UNTIL = 50  # ... dLF *= LOW_WEIGHT on cond-only steps up to here
-HIGH_WEIGHT = 1.2
-LOW_WEIGHT = 1.05
+# FasterCache's Mochi sampler: Vchitect/FasterCache 02d05ef, fastercache/models/genmo/mochi_preview/pipelines.py,
+# sample_model_fastercache (``cnt >= 22 and cnt % 5 != 0 and cnt != 63``; ``if cnt >= 30: cfg_delta_high *= 1.25``;
+# ``if cnt <= 50: cfg_delta_low *= 1.15``)
+DEFAULT_START = 22  # the first cond-only step
+DEFAULT_INTERVAL = 5  # steps divisible by 5 run both branches
+DEFAULT_HIGH_FROM = 30  # dHF *= HIGH_WEIGHT on cond-only steps from here
+DEFAULT_LOW_UNTIL = 50  # dLF *= LOW_WEIGHT on cond-only steps up to here
+HIGH_WEIGHT = 1.25
+LOW_WEIGHT = 1.15
 RADIUS_DIVISOR = 5  # low band: radius min(H, W) // 5 around the centre of the shifted spectrum
 _CFG = re.compile(r"cfg(?:_s(\d+))?(?:_i(\d+))?(?:_h(\d+))?(?:_l(\d+))?")
 
@@ -123,7 +134,8 @@ class CfgCache(Modifier):
         return "cfg" + "".join(f"_{tag}{v}" for tag, v in parts)
 
     def cond_only(self, step: int, num_steps: int) -> bool:
-        """Whether ``step`` runs the cond branch alone (if the step cache computes it and a difference is cached)."""
+        """Whether ``step`` runs the cond branch alone (if the step cache computes it and a difference measured
+        fewer than ``interval`` steps before is cached)."""
         return step >= self.start and step % self.interval != 0 and step != num_steps - 1
 
     def cond_only_steps(self, num_steps: int) -> list[int]:
@@ -151,14 +163,17 @@ class CfgCache(Modifier):
 
 
 class CfgCacheState(ModifierState):
-    """Per generation: the cached frequency differences, and the decision per computed step."""
+    """Per generation: the cached frequency differences (and the step that measured them), and the decision per
+    computed step."""
 
     def __init__(self, config: CfgCache):
         self.config = config
 
     def reset(self, num_steps: int, sigmas: list[float]) -> None:
         self.num_steps = num_steps
-        self.delta: tuple[torch.Tensor, torch.Tensor] | None = None  # (dLF, dHF) of the last full step
+        self.delta: tuple[torch.Tensor, torch.Tensor] | None = None  # (dLF, dHF) of the last full step, weighted since
+        self.delta_step: int | None = None  # the step where both branches ran and measured it
+        self.age: int | None = None  # this step's: the age of the difference a cond-only step used
         self.masks: dict[tuple, torch.Tensor] = {}
 
     def mask(self, t: torch.Tensor) -> torch.Tensor:
@@ -172,15 +187,20 @@ class CfgCacheState(ModifierState):
             return branches
         if not self.config.cond_only(step, self.num_steps):
             return branches
+        if step - self.delta_step >= self.config.interval:  # stale: a step cache skipped FasterCache's refresh
+            return branches
         return [b for b in branches if b != "uncond"]
 
     def fill(self, step: int, outputs: dict, ran: list[str]) -> None:
+        self.age = None
         if "cond" not in ran:
             return  # a skipped step (each branch reused its cache) or batched CFG
         cond = outputs["cond"]
         if "uncond" in ran:
             self.delta = frequency_difference(cond, outputs["uncond"], self.mask(cond))
+            self.delta_step = step
             return
+        self.age = step - self.delta_step
         delta_low, delta_high = self.delta
         if step >= self.config.high_from:
             delta_high = delta_high * HIGH_WEIGHT
@@ -188,3 +208,6 @@ class CfgCacheState(ModifierState):
             delta_low = delta_low * LOW_WEIGHT
         self.delta = (delta_low, delta_high)
         outputs["uncond"] = reconstruct_uncond(cond, delta_low, delta_high, self.mask(cond))
+
+    def annotate(self, record: StepRecord) -> None:
+        record.difference_age = self.age

@@ -45,7 +45,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import MODEL, MODEL_IO, NUM, Method, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.base import NUM, Method, Policy, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.indicators import ModelIO
+from genmo_teacache.caches.reuse import Model
 
 # About 10% of Mochi's 64 native steps, as the reference's 5 of HunyuanVideo's 50. Mochi's first half moves sigma
 # from 1.0 to only 0.975 (linear-quadratic schedule) and TeaCache's Mochi reference skips hardest there, so a longer
@@ -62,8 +64,9 @@ class EasyCache(Method):
     key: ClassVar[str] = "easycache"
     prefixes: ClassVar[tuple[str, ...]] = ("easycache_",)
     syntax: ClassVar[str] = "easycache_<tau>[_w<warm-up steps>]"
-    indicator: ClassVar[str] = MODEL_IO
-    reuse: ClassVar[str] = MODEL
+    indicator: ClassVar[str] = ModelIO.name
+    reuse: ClassVar[str] = Model.name
+    test_modes: ClassVar[tuple[str, ...]] = ("easycache_0.2_w2", "easycache_0.0")
 
     threshold: float = 0.05  # tau
     warmup: int = DEFAULT_WARMUP  # steps always computed at the start
@@ -107,7 +110,7 @@ class EasyCache(Method):
         return (forced + free * TYPICAL_CHANGE / (TYPICAL_CHANGE + self.threshold)) / max(num_steps, 1)
 
 
-class EasyCachePolicy:
+class EasyCachePolicy(Policy):
     """Accumulate ``k * raw``; skip while the sum stays below tau. ``observe`` takes the rate after computed steps."""
 
     def __init__(self, config: EasyCache):

@@ -36,15 +36,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import (
-    AFTER_FIRST_BLOCK,
-    FIRST_BLOCK_RESIDUAL,
-    NUM,
-    Method,
-    StepRecord,
-    check_threshold,
-    fmt,
-)
+from genmo_teacache.caches.base import NUM, Method, Policy, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.indicators import FirstBlockResidual
+from genmo_teacache.caches.reuse import AfterFirstBlock
 
 # Cost model: the typical relative change of block 0's residual per step, fitted to the published HunyuanVideo run
 # (threshold 0.06, 30 steps, 1.62x: about 16.5 computed of the 28 free steps -> 0.086 / (0.086 + 0.06)), rounded.
@@ -57,9 +51,11 @@ class FirstBlockCache(Method):
     key: ClassVar[str] = "fbcache"
     prefixes: ClassVar[tuple[str, ...]] = ("fbcache_",)
     syntax: ClassVar[str] = "fbcache_<threshold>"
-    indicator: ClassVar[str] = FIRST_BLOCK_RESIDUAL
-    reuse: ClassVar[str] = AFTER_FIRST_BLOCK
+    indicator: ClassVar[str] = FirstBlockResidual.name
+    reuse: ClassVar[str] = AfterFirstBlock.name
     compare_with_last_computed: ClassVar[bool] = True
+    # fbcache_0.44 computes steps 0, 1, skips 2, 3 of the tests' tiny run: forecasts have two values
+    test_modes: ClassVar[tuple[str, ...]] = ("fbcache_0.44", "fbcache_0.0")
 
     threshold: float = 0.06
 
@@ -92,14 +88,11 @@ class FirstBlockCache(Method):
         return (2.0 + (num_steps - 2) * TYPICAL_CHANGE / (TYPICAL_CHANGE + self.threshold)) / num_steps
 
 
-class FirstBlockCachePolicy:
+class FirstBlockCachePolicy(Policy):
     """Skip when block 0's residual moved less than the threshold from the last computed step's."""
 
     def __init__(self, config: FirstBlockCache):
         self.config = config
-
-    def reset(self, num_steps: int) -> None:
-        self.num_steps = num_steps
 
     def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
         threshold = self.config.threshold

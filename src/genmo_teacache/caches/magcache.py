@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import NONE, NUM, Method, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.base import NUM, Method, Policy, StepRecord, check_threshold, fmt
 from genmo_teacache.coefficients import load_mag_ratios, resample_ratios, validate_mag_ratios
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ class MagCache(Method):
     key: ClassVar[str] = "magcache"
     prefixes: ClassVar[tuple[str, ...]] = ("mag_",)
     syntax: ClassVar[str] = "mag_<t>[_k<K>][_r<retention>] (needs a calibration file)"
-    indicator: ClassVar[str] = NONE
-    uses_calibration: ClassVar[bool] = True
+    uses_calibration: ClassVar[bool] = True  # its indicator is "none": the calibrated ratios decide
+    # K = 2 on ratios 1 +- 0.01: computes steps 0, 3, 6, 7 of the tests' tiny run
+    test_modes: ClassVar[tuple[str, ...]] = ("mag_0.1_r0.0", "mag_0.0")
 
     threshold: float = 0.06
     mag_ratios: tuple[float, ...] = ()
@@ -104,7 +105,7 @@ class MagCache(Method):
         return min(1.0, (kept + (num_steps - kept) / (1.0 + self.k)) / num_steps)
 
 
-class MagCachePolicy:
+class MagCachePolicy(Policy):
     def __init__(self, config: MagCache):
         self.config = config
 

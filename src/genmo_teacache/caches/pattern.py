@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from genmo_teacache.caches.base import Method, StepRecord
+from genmo_teacache.caches.base import Method, Policy, StepRecord
 from genmo_teacache.caches.cfgcache import CfgCache
 from genmo_teacache.caches.teacache import TeaCache
 
 
-class PatternPolicy:
+class PatternPolicy(Policy):
+    """Computes ``computed_steps`` (and the first and last step); measures and reuses as ``method`` does (default:
+    TeaCache's fixed_0.0, its indicator every step and the blocks' residual)."""
+
     def __init__(self, computed_steps: set[int] | list[int], name: str = "pattern", method: Method | None = None):
         self.computed = set(computed_steps)
         self.name = name
@@ -28,9 +31,6 @@ class PatternPolicy:
         while len(skipped) < n_skip:  # rounding collisions: take the next free step
             skipped.add(next(s for s in inner if s not in skipped))
         return cls(set(range(num_steps)) - skipped, name=f"skip{round(100 * fraction)}pct", method=method)
-
-    def reset(self, num_steps: int) -> None:
-        self.num_steps = num_steps
 
     def decide(self, step: int, sigma: float, raw: float | None) -> StepRecord:
         computed = step in self.computed or step in (0, self.num_steps - 1)

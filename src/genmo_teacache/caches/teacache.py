@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from genmo_teacache.caches.base import MODULATED_INPUT, NUM, Method, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.base import NUM, Method, Policy, StepRecord, check_threshold, fmt
+from genmo_teacache.caches.indicators import ModulatedInput
 from genmo_teacache.coefficients import Rescale
 
 DEFAULT_HIGH_STEPS = 34  # reference implementation: high threshold for steps 0-33
@@ -55,8 +57,12 @@ class TeaCache(Method):
     prefixes: ClassVar[tuple[str, ...]] = ("fixed_", "adaptive_", "schedule_")
     syntax: ClassVar[str] = ("fixed_<t>, adaptive_<high>_<low>[_h<steps>], adaptive_f<n>s<n>l<n>[_<high>_<low>], "
                              "schedule_<n>x<t>_..._restx<t>, each with optional -max<N> / -noguard")
-    indicator: ClassVar[str] = MODULATED_INPUT
+    indicator: ClassVar[str] = ModulatedInput.name
     uses_calibration: ClassVar[bool] = True
+    observed: ClassVar[bool] = True  # delta-TEMNI plots and calibration record TeaCache's indicator
+    # fixed_0.05 computes steps 0, 2, 4, 5, 6, 7 of the tests' tiny run
+    test_modes: ClassVar[tuple[str, ...]] = ("fixed_0.05", "fixed_0.0")
+    cli_flags: ClassVar[str] = "--teacache_thresh/_high/_low/_schedule"
 
     schedule: tuple[Segment, ...] = ((None, 0.09),)
     max_skips: int | None = None
@@ -151,7 +157,34 @@ class TeaCache(Method):
             base += "-noguard"
         return base
 
-    OPTIONS: ClassVar[str] = "--teacache_thresh/_high/_low/_schedule"
+    @classmethod
+    def observer(cls) -> TeaCache:
+        return cls.fixed(0.0)
+
+    @classmethod
+    def click_options(cls) -> list[Callable[[Any], Any]]:
+        """The TeaCache flags of upstream's TeaCache demo (``demos/cli_teacache.py``)."""
+        import click
+
+        return [
+            click.option("--teacache_thresh", type=float, default=None, help="One TeaCache threshold for every step."),
+            click.option("--teacache_thresh_high", type=float, default=None,
+                         help="Threshold of the first --teacache_high_steps steps (two-phase schedule)."),
+            click.option("--teacache_thresh_low", type=float, default=None, help="Threshold of the remaining steps."),
+            click.option("--teacache_high_steps", type=int, default=DEFAULT_HIGH_STEPS, show_default=True,
+                         help="Length of the high-threshold phase (34 = steps 0-33, as the reference; cut at "
+                              "--num_steps)."),
+            click.option("--teacache_schedule", default=None,
+                         help="Any schedule as STEPS:THRESHOLD segments, e.g. 34:0.12,14:0.04,16:0.12 (rest:T ends "
+                              "it)."),
+        ]
+
+    @classmethod
+    def from_flags(cls, options: Mapping[str, Any], calibration: str | Path | None = None) -> TeaCache | None:
+        return cls.from_options(thresh=options.get("teacache_thresh"), high=options.get("teacache_thresh_high"),
+                                low=options.get("teacache_thresh_low"),
+                                high_steps=options.get("teacache_high_steps", DEFAULT_HIGH_STEPS),
+                                schedule=options.get("teacache_schedule"), calibration=calibration)
 
     @classmethod
     def from_options(cls, *, thresh: float | None = None, high: float | None = None, low: float | None = None,
@@ -234,7 +267,7 @@ class TeaCache(Method):
         return (2.0 + expected) / num_steps
 
 
-class TeaCachePolicy:
+class TeaCachePolicy(Policy):
     """Accumulate the rescaled indicator; skip while the sum stays below the step's threshold. ``observe_only``
     records the indicator on every step without skipping (delta-TEMNI plots and calibration)."""
 

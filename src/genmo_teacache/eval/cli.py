@@ -44,7 +44,7 @@ def videos_dir_of(path: Path, option: str) -> Path:
 
 def writable_dir(path: Path, option: str) -> Path:
     """``path`` created if needed and checked to be writable (before anything is computed that would be lost)."""
-    from genmo_teacache.video import OutputPathError, check_output_dir
+    from genmo_teacache.files import OutputPathError, check_output_dir
 
     try:
         return check_output_dir(path, option)
@@ -357,7 +357,7 @@ def compare_command(ctx: click.Context, scores_dir: Path, fidelity_dir: Path, ge
                     output_json: Path, baseline: str | None, modes: tuple[str, ...]) -> None:
     """Comparison tables (CSV + Markdown), results JSON and plots from existing result files."""
     from genmo_teacache.eval.tables import read_fidelity_files
-    from genmo_teacache.video import OutputPathError, check_output_file
+    from genmo_teacache.files import OutputPathError, check_output_file
 
     setup_logging()
     for option, folder in (("scores_dir", scores_dir), ("fidelity_dir", fidelity_dir)):

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from genmo_teacache.eval.layout import describe_error, list_videos
-from genmo_teacache.video import read_video, write_json
+from genmo_teacache.files import write_json
+from genmo_teacache.video import read_video
 
 logger = logging.getLogger(__name__)
 

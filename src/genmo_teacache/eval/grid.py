@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from genmo_teacache.eval.layout import list_videos, load_prompt_names
-from genmo_teacache.video import atomic_path, iter_video, probe_video, video_writer, write_json
+from genmo_teacache.files import atomic_path, write_json
+from genmo_teacache.video import iter_video, probe_video, video_writer
 
 logger = logging.getLogger(__name__)
 

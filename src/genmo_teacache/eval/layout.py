@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from genmo_teacache.batch.layout import BATCH, PROMPT_NAMES, VIDEO_SUFFIX, has_videos
-from genmo_teacache.video import TMP_PREFIX
+from genmo_teacache.files import TMP_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from genmo_teacache.cachedir import cache_dir, file_lock
-from genmo_teacache.video import atomic_path
+from genmo_teacache.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 - ``speedup_vs_psnr.png`` / ``speedup_vs_lpips.png``: each mode's speedup against its fidelity to the baseline, the
   Pareto front (modes no other mode beats on both speed and fidelity) joined and labelled, each cache method in its
   own colour and marker (from the mode names through the method registry). One panel per kind of speedup the logs
-  allow: end-to-end, and denoising only. ``plot_pareto`` draws both metrics on one figure (the sweep's).
+  allow: end-to-end, and denoising only. ``plot_pareto`` draws both metrics on one figure (the sweep's). A speedup
+  that is noise (above the ideal of the forwards its mode skipped) is not drawn; the figure names it.
 - ``vbench_dimensions.png``: raw VBench score per dimension, one bar per mode, plus quality / semantic / total.
 - ``plot_delta_temni``: the rescaled TeaCache indicator per denoising step of several videos on one figure (input:
   ``<video>_delta_TEMNI.txt`` files with one value per line, as the generate command writes them).
@@ -22,7 +23,7 @@ from matplotlib.figure import Figure
 
 from genmo_teacache.eval import scoring
 from genmo_teacache.eval.tables import Comparison
-from genmo_teacache.video import atomic_path
+from genmo_teacache.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,17 @@ def _fidelity_points(comp: Comparison, kind: str, metric: str) -> tuple[list[str
             [comp.results[m].fidelity[metric]["mean"] for m in modes])
 
 
+def _noise_note(fig: Figure, comp: Comparison, kinds: Sequence[str], labels: Mapping[str, str]) -> None:
+    """Name, under the figure, the modes whose speedup is noise (above the ideal of the forwards they skipped): they
+    are not drawn, as they are not a result."""
+    names = dict(SPEEDUP_KINDS)
+    noisy = [f"{labels.get(m, m)} ({names[k]} {r.noise[k]:.2f}x > ideal {r.ideal_speedup:.2f}x)"
+             for m in comp.modes if m != comp.baseline for k in kinds if k in (r := comp.results[m]).noise]
+    if noisy:
+        fig.text(0.5, -0.01, "Not drawn, speedup is noise (above the ideal of the forwards skipped): "
+                 + "; ".join(noisy), ha="center", va="top", fontsize=8, color="0.3", wrap=True)
+
+
 def plot_speedup_vs_fidelity(comp: Comparison, metric: str, out_png: str | os.PathLike,
                              labels: Mapping[str, str] | None = None) -> Path | None:
     """Speedup against ``metric`` ("psnr" or "lpips"), one panel per kind of speedup; None (and nothing written)
@@ -122,6 +134,7 @@ def plot_speedup_vs_fidelity(comp: Comparison, metric: str, out_png: str | os.Pa
                         labels)
         ax.set_title(f"{metric.upper()} against {kind_name}")
     fig.tight_layout()
+    _noise_note(fig, comp, [k for k, _ in kinds], labels)
     return _save(fig, out_png)
 
 
@@ -146,6 +159,7 @@ def plot_pareto(comp: Comparison, out_png: str | os.PathLike, labels: Mapping[st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _noise_note(fig, comp, [kind], labels)
     return _save(fig, out_png)
 
 

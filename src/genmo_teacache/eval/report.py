@@ -31,7 +31,7 @@ from genmo_teacache.eval.tables import (
     summary_rows,
     vbench_rows,
 )
-from genmo_teacache.video import atomic_path
+from genmo_teacache.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from genmo_teacache.batch.layout import BATCH, LOG_GLOBS
+from genmo_teacache.speedup import denoising_seconds, ideal_speedup, is_noise, ratio, time_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class ModeTiming:
     num_denoising: int = 0
     avg_computed_steps: float | None = None
     avg_skipped_steps: float | None = None
-    # (prompt, sample) -> (time_seconds, denoising_s or None): for speedups on the videos two modes share
-    runs: dict[Any, tuple[float, float | None]] = field(default_factory=dict, compare=False, repr=False)
+    # (prompt, sample) -> its log entry: for speedups on the videos two modes share
+    runs: dict[Any, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Reference keys (avg_time, total_time, num_videos) plus the optional ones that have a value."""
@@ -121,15 +122,9 @@ def load_timings(log_dir: str | os.PathLike) -> dict[str, ModeTiming]:
             avg_time=sum(times) / len(times), total_time=sum(times), num_videos=len(times),
             avg_denoising_time=_mean(denoise), num_denoising=len(denoise),
             avg_computed_steps=_mean(computed), avg_skipped_steps=_mean(skipped),
-            runs={key: (float(r["time_seconds"]), _denoising(r)) for key, r in keyed},
+            runs=dict(keyed),
         )
     return result
-
-
-def _denoising(run: dict[str, Any]) -> float | None:
-    timings = run.get("timings")
-    value = timings.get("denoising_s") if isinstance(timings, dict) else None
-    return float(value) if isinstance(value, int | float) else None
 
 
 def shared_videos(timings: dict[str, ModeTiming], baseline: str, mode: str) -> tuple[int, int, int]:
@@ -139,9 +134,12 @@ def shared_videos(timings: dict[str, ModeTiming], baseline: str, mode: str) -> t
 
 
 def speedups(timings: dict[str, ModeTiming], baseline: str) -> dict[str, dict[str, float]]:
-    """``{mode: {"end_to_end": x, "denoising": y}}`` relative to ``baseline``, on the videos (prompt, sample) both
-    logged: summed baseline time over summed mode time. A key is absent where they share no timed video. Empty when
-    the baseline has no timing (speedups are never taken against a guessed mode)."""
+    """``{mode: {"end_to_end": x, "denoising": y, "ideal": i}}`` relative to ``baseline``, on the videos (prompt,
+    sample) both logged: summed baseline time over summed mode time. ``ideal``: the most a speedup can be, from the
+    DiT forwards skipped (:mod:`genmo_teacache.speedup`; absent where the logs do not say). A speedup above it is
+    noise and goes under ``end_to_end_noise`` / ``denoising_noise`` instead (never shown as a result). A key is absent
+    where they share no timed video. Empty when the baseline has no timing (speedups are never taken against a
+    guessed mode)."""
     base = timings.get(baseline)
     if base is None:
         if timings:
@@ -150,14 +148,12 @@ def speedups(timings: dict[str, ModeTiming], baseline: str) -> dict[str, dict[st
         return {}
     out: dict[str, dict[str, float]] = {}
     for mode, t in timings.items():
-        shared = sorted(set(base.runs) & set(t.runs))
-        entry = {}
-        total = sum(t.runs[k][0] for k in shared)
-        if shared and total > 0:
-            entry["end_to_end"] = sum(base.runs[k][0] for k in shared) / total
-        pairs = [(base.runs[k][1], t.runs[k][1]) for k in shared]
-        pairs = [(b, m) for b, m in pairs if b is not None and m is not None]
-        if pairs and sum(m for _, m in pairs) > 0:
-            entry["denoising"] = sum(b for b, _ in pairs) / sum(m for _, m in pairs)
+        pairs = [(base.runs[k], t.runs[k]) for k in sorted(set(base.runs) & set(t.runs))]
+        ideal = ideal_speedup(pairs)
+        entry = {} if ideal is None else {"ideal": ideal}
+        for kind, get in (("end_to_end", time_seconds), ("denoising", denoising_seconds)):
+            value = ratio(pairs, get)
+            if value is not None:
+                entry[f"{kind}_noise" if is_noise(value, ideal) else kind] = value
         out[mode] = entry
     return out

@@ -39,7 +39,7 @@ from typing import Any
 
 from genmo_teacache.eval.layout import VIDEO_SUFFIX, describe_error, list_videos, load_prompt_names
 from genmo_teacache.eval.scoring import ALL_DIMENSIONS, RESULT_SUFFIX
-from genmo_teacache.video import TMP_PREFIX, atomic_path, write_json
+from genmo_teacache.files import TMP_PREFIX, atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
