@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from genmo_teacache import ui
-from genmo_teacache.caches import METHODS, MODIFIERS, parse_mode
+from genmo_teacache.caches import METHODS, MODIFIERS, method_class, parse_mode
 from genmo_teacache.speed import PRESETS, SpeedOptions, parse_speed
 
 SMALL = dict(width=64, height=64, num_frames=7, num_steps=4, cfg_scale=6.0)
@@ -28,6 +28,10 @@ def test_method_choices_are_every_registered_prefix() -> None:
     labels = dict((p, label) for label, p in choices)
     assert labels["fixed_"] == "teacache: fixed" and labels["easycache_"] == "easycache"
     assert labels["baseline"] == "baseline"
+    # other tools' names (the reference's mochi_diff_baseline) are read, never offered
+    aliases = {a for m in METHODS for a in m.aliases}
+    assert "diff_baseline" in aliases and not aliases & set(labels)
+    assert method_class("mochi_diff_baseline").key == "baseline"
     for _, prefix in choices:
         assert prefix in ui.method_of(prefix).prefixes
     with pytest.raises(ValueError, match="unknown cache method 'nope_'"):

@@ -36,7 +36,7 @@ __all__ = ["METHODS", "MODIFIERS", "CacheConfig", "Method", "Modifier", "Modifie
 
 
 def _find(kinds: tuple[type, ...], text: str) -> type | None:
-    return next((k for k in kinds if any(text.startswith(p) for p in k.prefixes)), None)
+    return next((k for k in kinds if any(text.startswith(p) for p in (*k.prefixes, *k.aliases))), None)
 
 
 def method_class(mode: str) -> type[Method] | None:

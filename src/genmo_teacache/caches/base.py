@@ -98,6 +98,8 @@ class Method:
 
     key: ClassVar[str]  # the method's name in sidecars and tables ("teacache", "magcache", ...)
     prefixes: ClassVar[tuple[str, ...]]  # mode-name prefixes it parses ("fixed_", "adaptive_", ...)
+    # other tools' names it also parses (the reference workflow's), taken with a note and never offered as a choice
+    aliases: ClassVar[tuple[str, ...]] = ()
     syntax: ClassVar[str]  # its mode grammar, for error messages
     indicator: ClassVar[str] = Indicator.name  # a name in indicators.INDICATORS
     reuse: ClassVar[str] = Blocks.name  # a name in reuse.REUSE_POINTS
@@ -174,6 +176,7 @@ class Modifier:
 
     key: ClassVar[str]  # "cfgcache", "taylor", ...
     prefixes: ClassVar[tuple[str, ...]]  # what its suffix starts with ("cfg", "taylor")
+    aliases: ClassVar[tuple[str, ...]] = ()  # as Method.aliases
     syntax: ClassVar[str]
 
     @classmethod

@@ -20,7 +20,8 @@ ALIAS_NOTE = ("mode {name!r} is the reference's name of its diffusers baseline; 
 @dataclass(frozen=True)
 class Baseline(Method):
     key: ClassVar[str] = "baseline"
-    prefixes: ClassVar[tuple[str, ...]] = ("baseline", REFERENCE_ALIAS)
+    prefixes: ClassVar[tuple[str, ...]] = ("baseline",)
+    aliases: ClassVar[tuple[str, ...]] = (REFERENCE_ALIAS,)
     syntax: ClassVar[str] = f"baseline (or the reference's {REFERENCE_ALIAS})"
     enabled: ClassVar[bool] = False
     test_modes: ClassVar[tuple[str, ...]] = ("baseline", "baseline")
