@@ -36,6 +36,7 @@ from typing import Any
 import click
 
 from genmo_teacache.caches import METHODS, MODIFIERS, CacheConfig, Method, Modifier, parse_mode
+from genmo_teacache.cliutils import setup_logging
 from genmo_teacache.generate import DEFAULT_PROMPT, GenerationResult, GenerationSettings, generate, save_result
 from genmo_teacache.options import DEFAULT_MODE, apply_model_defaults, resolve_model_dir
 from genmo_teacache.speed import PRESETS, SpeedOptions, check_speed_options, parse_speed
@@ -331,7 +332,7 @@ def write_steps_plot(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from genmo_teacache.video import atomic_path
+    from genmo_teacache.files import atomic_path
 
     colours = {"computed": "#2b6cb0", "cond only": "#dd8a1e", "skipped": "#b8b8b8"}
     rows = steps_table(report)
@@ -532,11 +533,11 @@ def build_app(runner: Runner, *, random_model: bool = False) -> Any:
 def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, out_dir: str, host: str, port: int) -> None:
     """Upstream's Gradio UI with step caches: python demos/gradio_teacache.py [--model_dir weights/]."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (set before gradio is imported)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(plain=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to the local server
     if importlib.util.find_spec("gradio") is None:
         raise click.ClickException('the web UI needs Gradio: pip install -e ".[ui]"')
-    from genmo_teacache.video import OutputPathError, check_output_dir
+    from genmo_teacache.files import OutputPathError, check_output_dir
     from genmo_teacache.weights import WeightsError, check_model_dir
 
     random_model = model_dir is None
