@@ -388,7 +388,7 @@ def test_batched_cfg_is_refused_before_any_forward(pipes):
     assert rec.forwards == 0 and not rec.seen
 
 
-def test_batched_cfg_with_cfg_is_refused_before_loading(tmp_path):
+def test_batched_cfg_with_cfg_is_refused_before_loading(tiny_model_dir, tmp_path):
     from genmo_teacache.batch.cli import batch_command
     from genmo_teacache.generate_cli import generate_command
 
@@ -398,7 +398,9 @@ def test_batched_cfg_with_cfg_is_refused_before_loading(tmp_path):
     assert out.exit_code != 0 and "drop --batch_cfg" in out.output, out.output
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
-    out = CliRunner().invoke(batch_command, ["--model_dir", missing, "--batch_cfg", "--modes",
+    # batch refuses a missing weights folder before anything else (dry runs included): real weights, a dry run,
+    # which loads nothing
+    out = CliRunner().invoke(batch_command, ["--model_dir", str(tiny_model_dir), "--batch_cfg", "--modes",
                                              "baseline,fixed_0.1+cfg", "--prompts-file", str(prompts),
                                              "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--dry-run"])
     assert out.exit_code != 0 and "drop --batch_cfg" in out.output, out.output
