@@ -100,7 +100,7 @@ def test_sparse_attention_result_when_recorded():
     and fastest from the same run (bench/bench_sparse.py)."""
     path = RESULTS / "sparse_attention_163f.json"
     if not path.exists():
-        pytest.skip("sparse_attention_163f.json not recorded yet: docs/BENCHMARKS.md section 14")
+        pytest.skip("sparse_attention_163f.json not recorded yet: docs/BENCHMARKS.md section 15")
     d = json.loads(path.read_text())
     assert d["frames"] == 163 and "gpu" in d["device"]
     names = [v["name"] for v in d["variants"]]
