@@ -194,7 +194,7 @@ def test_a_batch_with_speed_options_per_mode_resumes_and_evaluates(tiny_model_di
         report = json.loads((out / "reports" / mode / "a dog-0.json").read_text())
         assert report["speed"] == {"spec": spec, "dit_dtype": dtype, "sdpa_backend": "auto", "compile_dit": False,
                                    "attention_kernel": "sdpa", "fp8_linear": False,
-                                   "fp8_mm": False}
+                                   "fp8_mm": False, "sparse_attention": "none"}
         assert (report["fingerprint"]["speed"], report["fingerprint"]["dit_dtype"]) == (spec, dtype)
         assert report["log_entry"]["speed"] == spec
     runs = json.loads((out / "logs" / "generation_log_0-2.json").read_text())["runs"]
