@@ -93,7 +93,9 @@ def copy_of(finished: dict, tmp_path: Path) -> Path:
 def test_a_run_with_an_added_mode_keeps_the_log_of_the_earlier_modes(finished):
     runs = log_runs(finished["out"])
     assert sorted(r["mode"] for r in runs) == ["baseline", "fixed_0.3"]
-    assert re.search(r"\| fixed_0.3 \| 1 \| [\d.]+ ± [\d.]+ \| [\d.]+x \| [\d.]+x \|", finished["output"])
+    # each speedup a number, or flagged as noise where the two runs' times varied more than the skipped steps saved
+    up = r"(?:[\d.]+x|noise \([\d.]+x > ideal [\d.]+x\))"
+    assert re.search(rf"\| fixed_0.3 \| 1 \| [\d.]+ ± [\d.]+ \| {up} \| {up} \|", finished["output"])
 
 
 def test_damaged_videos_are_generated_again_identically_without_background_writes(finished, tiny_model_dir,
