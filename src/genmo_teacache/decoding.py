@@ -8,7 +8,9 @@ each rank decodes its own frames, given the previous rank's last two frames at e
 
 :func:`decode_in_time_chunks` does the same one chunk after another on one device: every such convolution keeps the
 last two frames of its input for the next chunk, and only the first chunk drops the upsampling's leading frames. The
-arithmetic is the same as one pass over the whole video; the activations held at once are those of one chunk. At
+arithmetic is that of one pass over the whole video, but a convolution kernel may pick another algorithm for a
+shorter input, so values can differ in their last bits (up to 1e-6 on the tiny decoder on a CPU; upstream's own
+``SafeConv3d`` already splits long inputs in time). The activations held at once are those of one chunk. At
 163 frames, 480x848, upstream's ``tiled_spatial`` decoding peaks at 44 GiB and ``full`` at 90 GiB on an H200
 (docs/BENCHMARKS.md, section 4); a chunk of 4 latent frames (24 video frames) holds about 24/163 of that.
 """

@@ -103,11 +103,11 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
     speed = speed or SpeedOptions()
-    device = resolve_device(device)
-    check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if low_memory:
         check_low_memory(speed, num_gpus, cfg_parallel)
         num_gpus = 1
+    device = resolve_device(device)
+    check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:
         import torch
 
