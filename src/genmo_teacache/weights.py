@@ -112,7 +112,7 @@ def check_model_dir(model_dir: str | os.PathLike, *, text_encoder_dir: str | os.
     if not d.is_dir():
         raise WeightsError(f"--model_dir {d} is a file: {HINT}")
     configs = {name: read_json_object(d / name) for name in CONFIG_FILES if (d / name).exists()}
-    files = [f"{name}.safetensors" for name in ("dit", "decoder")
+    files = [f"{name}.safetensors" for name in ("decoder", "dit")
              if not configs.get(f"{name}_config.json", {}).get(RANDOM_WEIGHTS_KEY)]
     missing = [name for name in files if not (d / name).exists()]
     if missing:

@@ -49,3 +49,14 @@ def test_cfg_parallel_result_when_recorded():
     d = json.loads(path.read_text())
     assert d["device"]["gpus"] == 2
     assert {"frames", "single_step_s", "cp_step_s", "cfg_parallel_step_s", "latents_identical"} <= d.keys()
+
+
+def test_low_memory_result_when_recorded():
+    path = RESULTS / "low_memory_163f.json"
+    if not path.exists():
+        pytest.skip("low_memory_163f.json not recorded yet: bench/bench_low_memory.py on an H200 (issue 23)")
+    d = json.loads(path.read_text())
+    fields = {"frames", "steps", "memory_cap_gib", "peak_gib", "denoise_s", "total_s", "options"}
+    assert fields | {"device", "without_option"} <= d.keys() and d["frames"] == 163 and d["steps"] == 64
+    assert d["options"]["low_memory"] is True and d["memory_cap_gib"] > 0
+    assert fields <= d["without_option"].keys() and d["without_option"]["memory_cap_gib"] is None
