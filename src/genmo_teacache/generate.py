@@ -143,6 +143,9 @@ def check_low_memory(speed: SpeedOptions, num_gpus: int | None, cfg_parallel: bo
                          f"parallelism shards them with FSDP, --cfg_parallel holds a whole DiT per GPU): use one or "
                          f"the other")
     check_movable(speed)
+    if speed.dit_dtype == "fp32":
+        log.warning("--low_memory with fp32 DiT weights (upstream's): the DiT alone takes 37 GiB of GPU memory while "
+                    "it denoises; for a 24 GB GPU add --speed_preset fastest (FP8 linears, 13.6 GiB of weights)")
 
 
 def generate(pipe, *, prompt: str, cache: CacheConfig, seed: int, settings: GenerationSettings,
