@@ -113,7 +113,8 @@ def main() -> None:
         if o.fp8_linear and state["fp8"] is None:
             saved = {(i, n): m.weight for i, b in enumerate(dit.blocks) for n, m in b.named_modules()
                      if n in ("attn.qkv_x", "attn.proj_x", "mlp_x.w1", "mlp_x.w2")}
-            quantize_fp8_linears(dit)
+            for block in dit.blocks:
+                quantize_fp8_linears(block)
             state["fp8"] = saved
         elif not o.fp8_linear and state["fp8"] is not None:
             for (i, n), weight in state["fp8"].items():

@@ -12,12 +12,10 @@ import time
 import torch
 
 from genmo_teacache.pipelines import decoder_kwargs
+from genmo_teacache.tiny import T5_XXL_CONFIG as T5_XXL  # google/t5-v1_1-xxl's encoder
 from genmo_teacache.upstream import Decoder, decode_latents, decode_latents_tiled_full, decode_latents_tiled_spatial
 
 from common import FRAMES_480P, peak_gib, reset_peak, sync, table, time_fn, write_results
-
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)  # google/t5-v1_1-xxl
 
 
 def time_text_encoder(device: torch.device) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 
 from genmo_teacache.caches import CacheConfig
 from genmo_teacache.files import atomic_path, write_json
-from genmo_teacache.speed import SpeedOptions, check_speed_options
+from genmo_teacache.speed import SpeedOptions, check_movable, check_speed_options
 from genmo_teacache.speedup import is_noise
 from genmo_teacache.video import write_video
 
@@ -122,15 +122,19 @@ def resolve_device(device: str) -> str:
 def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode: str = "auto",
                   cpu_offload: bool = False, lora_path: str | None = None, text_encoder_dir: str | None = None,
                   decode_type: str = "auto", num_gpus: int | None = 1, ray_address: str | None = None,
-                  speed: SpeedOptions | None = None, cfg_parallel: bool = False):
+                  speed: SpeedOptions | None = None, cfg_parallel: bool = False, low_memory: bool = False):
     """Load the models once. ``decode_type="auto"``: tiled_spatial on a GPU (as upstream's CLI), full on CPU.
     ``speed``: how the DiT runs (:class:`genmo_teacache.speed.SpeedOptions`; None = upstream's way; a preset is
     ``speed.PRESETS["fast"]`` or ``speed.parse_speed("bf16+compile")``). ``num_gpus`` > 1: context parallelism over
     them, or with ``cfg_parallel`` the two CFG branches on two halves of them (each half context-parallel if it has
-    more than one GPU)."""
+    more than one GPU). ``low_memory``: each model on the GPU only during its phase, the DiT's weights converted
+    there part by part, decoding a few frames at a time; same latents (see :mod:`genmo_teacache.pipelines`)."""
     from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
     speed = speed or SpeedOptions()
+    if low_memory:
+        check_low_memory(speed, num_gpus, cfg_parallel)
+        num_gpus = 1
     device = resolve_device(device)
     check_speed_options(speed, device)  # a missing kernel package fails here, before any model loads
     if num_gpus is None:
@@ -157,7 +161,21 @@ def load_pipeline(model_dir: str | Path, *, device: str = "auto", attention_mode
         decode_type = "tiled_spatial" if device.startswith("cuda") else "full"
     decode_args = dict(overlap=8) if decode_type == "tiled_spatial" else None
     return TeaCacheSingleGPUPipeline(**factories, device=device, cpu_offload=cpu_offload, decode_type=decode_type,
-                                     decode_args=decode_args, fast_init=not lora_path, strict_load=not lora_path)
+                                     decode_args=decode_args, fast_init=not lora_path, strict_load=not lora_path,
+                                     low_memory=low_memory)
+
+
+def check_low_memory(speed: SpeedOptions, num_gpus: int | None, cfg_parallel: bool) -> None:
+    """Raise ValueError naming what ``low_memory`` cannot be combined with, before any model loads."""
+    if (num_gpus or 1) > 1 or cfg_parallel:
+        given = "--cfg_parallel" if cfg_parallel else f"--num_gpus {num_gpus}"
+        raise ValueError(f"--low_memory places the models of one GPU, {given} spreads them over several (context "
+                         f"parallelism shards them with FSDP, --cfg_parallel holds a whole DiT per GPU): use one or "
+                         f"the other")
+    check_movable(speed)
+    if speed.dit_dtype == "fp32":
+        log.warning("--low_memory with fp32 DiT weights (upstream's): the DiT alone takes 37 GiB of GPU memory while "
+                    "it denoises; for a 24 GB GPU add --speed_preset fastest (FP8 linears, 13.6 GiB of weights)")
 
 
 def generate(pipe, *, prompt: str, cache: CacheConfig, seed: int, settings: GenerationSettings,

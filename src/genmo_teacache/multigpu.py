@@ -148,10 +148,9 @@ class RankContext:
         return 0 if self.device_type == "cuda" else "cpu"
 
     def _text_encoder(self, factory) -> nn.Module:
-        from transformers import T5EncoderModel
         from transformers.models.t5.modeling_t5 import T5Block
 
-        model = T5EncoderModel.from_pretrained(factory.model_dir)
+        model = factory.load(torch.device("cpu"))
         policy = partial(up.transformer_auto_wrap_policy, transformer_layer_cls={T5Block})
         return fsdp_wrap(model, self.device, policy).eval()
 
@@ -161,6 +160,7 @@ class RankContext:
         # the single-device pipeline's generate, on this rank's models (same timing and decoding code)
         pipe = TeaCacheSingleGPUPipeline.__new__(TeaCacheSingleGPUPipeline)
         pipe.device, pipe.cpu_offload, pipe.decode_type, pipe.decode_args = self.device, False, "full", {}
+        pipe.low_memory = False
         pipe.tokenizer, pipe.text_encoder, pipe.dit, pipe.decoder = (self.tokenizer, self.text_encoder, self.dit,
                                                                      self.decoder)
         pipe.warmed = self.warmed

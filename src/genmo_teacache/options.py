@@ -51,6 +51,11 @@ generation_options = compose(
     click.option("--lora_path", default=None, type=click.Path(dir_okay=False, exists=True),
                  help="LoRA weights (.safetensors or .pt), as upstream."),
     click.option("--cpu_offload", is_flag=True, help="Keep models on CPU and move each to the GPU when used."),
+    click.option("--low_memory", is_flag=True,
+                 help="For small GPUs (one GPU): each model on the GPU only while used (as --cpu_offload), the DiT's "
+                      "weights converted there block by block (never whole in fp32), decoding a few frames at a "
+                      "time. Same latents as without it. For a 24 GB GPU with --speed_preset fastest: "
+                      "docs/BENCHMARKS.md."),
     click.option("--attention_mode", default="auto", show_default=True,
                  type=click.Choice(["auto", "flash", "sdpa", "sage"]),
                  help="DiT attention: auto = flash if flash-attn is installed, else sdpa."),
@@ -97,7 +102,7 @@ generation_options = compose(
 SETTINGS_KEYS = ("width", "height", "num_frames", "num_steps", "cfg_scale", "negative_prompt", "threshold_noise",
                  "linear_steps", "batch_cfg")
 PIPELINE_KEYS = ("device", "attention_mode", "cpu_offload", "lora_path", "text_encoder_dir", "decode_type",
-                 "num_gpus", "cfg_parallel", "ray_address")  # and ``speed``, from the speed options (speed.py)
+                 "num_gpus", "cfg_parallel", "ray_address", "low_memory")  # and ``speed``, from speed.py's options
 
 
 def resolve_model_dir(options: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,15 @@
 
 ``TeaCacheSingleGPUPipeline`` subclasses upstream's ``MochiSingleGPUPipeline``; ``TeaCacheDitModelFactory``
 subclasses ``DitModelFactory`` so it can build other sizes (a model directory's ``dit_config.json``) and any
-device, and loads ``dit.safetensors`` (and a LoRA) as upstream does.
+device, and loads ``dit.safetensors`` (and a LoRA) as upstream does. Each factory builds its model with random
+weights instead when its config holds ``weights.RANDOM_WEIGHTS_KEY`` (benchmarks: ``make-tiny-model
+--full-size-random-dit --full-size-random-t5 --full-size-random-decoder``).
+
+``low_memory`` (``--low_memory``): each model is on the GPU only during its phase (text encoding, denoising,
+decoding) and on the CPU otherwise, as upstream's ``cpu_offload`` does, and besides: the DiT's weights are converted
+(bf16, FP8) part by part on the GPU while it stays on the CPU (``speed.apply_speed_options(convert_on=...)``), the
+allocator's cache is emptied between phases, and decoding runs a few latent frames at a time
+(:mod:`genmo_teacache.decoding`). The latents are those of the pipeline without it, bit for bit.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,7 +31,8 @@ import torch
 
 from genmo_teacache import compat
 from genmo_teacache.caches import CacheConfig
-from genmo_teacache.model import TeaCacheAsymmDiTJoint, init_random_dit
+from genmo_teacache.decoding import decode_in_time_chunks
+from genmo_teacache.model import TeaCacheAsymmDiTJoint, random_dit
 from genmo_teacache.sampler import CacheReport, sample_model
 from genmo_teacache.speed import SpeedOptions, apply_speed_options
 from genmo_teacache.upstream import (
@@ -79,6 +90,18 @@ def _device_of(device_id: int | str) -> torch.device:
     return torch.device(f"cuda:{device_id}") if isinstance(device_id, int) else torch.device("cpu")
 
 
+def random_weights_device() -> torch.device:
+    """Where random weights (benchmark model directories) are drawn: the current GPU when there is one (billions of
+    values take seconds there, a minute or more on a CPU), else the CPU. Each model is then moved where it is asked,
+    so the same directory gives the same weights whatever the placement."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _warn_random(what: str) -> None:
+    log.warning("%s with RANDOM weights (%s): for timing and memory only, its videos are noise", what,
+                RANDOM_WEIGHTS_KEY)
+
+
 def fsdp_wrap(model: torch.nn.Module, device: torch.device, auto_wrap_policy, process_group=None) -> torch.nn.Module:
     """Upstream's ``setup_fsdp_sync`` with one change: root forward inputs are not cast to the parameter dtype.
     Upstream only ever passes fp32 tensors to the root (so nothing changes for it), but our sampler passes the
@@ -123,9 +146,12 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
         )
 
     def get_model(self, *, local_rank, device_id, world_size, model_kwargs=None, patch_model_fns=None,
-                  strict_load=True, load_checkpoint=True, fast_init=True, fsdp=None, all_ranks_load=False):
+                  strict_load=True, load_checkpoint=True, fast_init=True, fsdp=None, all_ranks_load=False,
+                  convert_on: torch.device | None = None):
         """As upstream. For world_size > 1 the model is wrapped by ``fsdp(model, auto_wrap_policy)``, by default
-        ``multigpu.fsdp_wrap``; ``all_ranks_load`` where FSDP cannot sync weights from rank 0 (CPU)."""
+        ``multigpu.fsdp_wrap``; ``all_ranks_load`` where FSDP cannot sync weights from rank 0 (CPU). ``convert_on``
+        (one device): the speed options' weight conversions run there part by part, the model placed on
+        ``device_id`` (``--low_memory``: converted on the GPU, kept on the CPU)."""
         lora_sd = None
         kwargs = {**self.kwargs["model_kwargs"], **(model_kwargs or {})}
         if self.kwargs["lora_path"] is not None:
@@ -133,7 +159,7 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
             kwargs.update(lora_kwargs)
         args = dit_kwargs(kwargs, self.kwargs["attention_mode"])
         if self.kwargs["random_weights"]:
-            return self._random_model(args, device_id, world_size, fsdp)
+            return self._random_model(args, device_id, world_size, fsdp, convert_on)
         if fast_init:
             model = torch.nn.utils.skip_init(TeaCacheAsymmDiTJoint, **args)
         else:
@@ -153,8 +179,7 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
         if world_size > 1:
             assert self.kwargs["model_dtype"] == "bf16", "FP8 is not supported for multi-GPU inference"
             return self._fsdp(model, device_id, fsdp).eval()
-        model = apply_speed_options(model.to(_device_of(device_id)), self.kwargs["speed"])
-        return model.eval()
+        return apply_speed_options(model.to(_device_of(device_id)), self.kwargs["speed"], convert_on=convert_on).eval()
 
     @staticmethod
     def _fsdp(model, device_id, fsdp):
@@ -163,17 +188,14 @@ class TeaCacheDitModelFactory(up.DitModelFactory):
             fsdp = partial(fsdp_wrap, device=_device_of(device_id))
         return fsdp(model, auto_wrap_policy=policy)
 
-    def _random_model(self, args, device_id, world_size, fsdp):
-        """The architecture with random weights (seed 0 on every rank), built on its device: timing only."""
-        log.warning("DiT with RANDOM weights (%s): for timing only, its videos are noise", RANDOM_WEIGHTS_KEY)
-        device = _device_of(device_id)
-        torch.manual_seed(0)
-        with device:
-            model = TeaCacheAsymmDiTJoint(**args)
-        init_random_dit(model)
+    def _random_model(self, args, device_id, world_size, fsdp, convert_on):
+        """The architecture with random weights (``model.random_dit``, seed 0 on every rank), drawn part by part on
+        :func:`random_weights_device` and placed on ``device_id``: timing and memory only."""
+        _warn_random("DiT")
+        model = random_dit(TeaCacheAsymmDiTJoint, args, draw=random_weights_device(), place=_device_of(device_id))
         if world_size > 1:
             return self._fsdp(model, device_id, fsdp).eval()
-        return apply_speed_options(model, self.kwargs["speed"]).eval()
+        return apply_speed_options(model, self.kwargs["speed"], convert_on=convert_on).eval()
 
 
 def _load_lora(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -195,9 +217,44 @@ class TeaCacheDecoderModelFactory(up.DecoderModelFactory):
     def get_model(self, *, local_rank=0, device_id=0, world_size=1):
         from safetensors.torch import load_file
 
-        decoder = Decoder(**decoder_kwargs(self.kwargs["model_kwargs"]))
-        decoder.load_state_dict(load_file(self.kwargs["model_path"]), strict=True)
+        kwargs = dict(self.kwargs["model_kwargs"])
+        if kwargs.pop(RANDOM_WEIGHTS_KEY, False):
+            _warn_random("VAE decoder")
+            torch.manual_seed(0)
+            with random_weights_device():
+                decoder = Decoder(**decoder_kwargs(kwargs))
+        else:
+            decoder = Decoder(**decoder_kwargs(kwargs))
+            decoder.load_state_dict(load_file(self.kwargs["model_path"]), strict=True)
         return decoder.eval().to(_device_of(device_id))
+
+
+class TeaCacheT5ModelFactory(up.T5ModelFactory):
+    """Upstream's T5 factory; a local text encoder whose ``config.json`` holds ``RANDOM_WEIGHTS_KEY`` is built with
+    random weights (seed 0) instead of loaded, in fp32 as upstream loads T5-XXL, so its memory and time are real."""
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(read_model_config(self.model_dir, "config.json").get(RANDOM_WEIGHTS_KEY)) \
+            if Path(self.model_dir).is_dir() else False
+
+    def load(self, device: torch.device) -> torch.nn.Module:
+        """The encoder on ``device``, not wrapped (the multi-GPU ranks wrap it themselves)."""
+        from transformers import T5Config, T5EncoderModel
+
+        if not self.random_weights:
+            return T5EncoderModel.from_pretrained(self.model_dir).to(device).eval()
+        _warn_random("T5 text encoder")
+        config = T5Config.from_pretrained(self.model_dir)
+        torch.manual_seed(0)
+        with random_weights_device():
+            model = T5EncoderModel(config)
+        return model.to(device=device, dtype=torch.float32).eval()
+
+    def get_model(self, *, local_rank, device_id, world_size):
+        if not self.random_weights:
+            return super().get_model(local_rank=local_rank, device_id=device_id, world_size=world_size)
+        return self.load(_device_of(device_id))  # unwrapped: the multi-GPU ranks call load() and wrap it
 
 
 def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None, lora_path: str | None = None,
@@ -211,7 +268,7 @@ def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None,
     if text_encoder_dir is None and (model_dir / "text_encoder").is_dir():
         text_encoder_dir = str(model_dir / "text_encoder")
     return dict(
-        text_encoder_factory=up.T5ModelFactory(text_encoder_dir),
+        text_encoder_factory=TeaCacheT5ModelFactory(text_encoder_dir),
         dit_factory=TeaCacheDitModelFactory(
             model_path=str(model_dir / "dit.safetensors"), lora_path=lora_path, attention_mode=attention_mode,
             model_kwargs=dit_config, speed=speed,
@@ -225,13 +282,16 @@ def factories_for(model_dir: str | Path, *, text_encoder_dir: str | None = None,
 
 @dataclass
 class GenerationOutput:
-    """Frames plus what it cost. ``frames``: (B, T, H, W, 3) float32 in [0, 1], as upstream returns them."""
+    """Frames plus what it cost. ``frames``: (B, T, H, W, 3) float32 in [0, 1], as upstream returns them.
+    ``phase_peaks_gb``: on a GPU, the peak memory allocated during each phase (text encoding, denoising, decoding,
+    each model's moves included); ``peak_memory_gb`` is the largest of them."""
 
     frames: np.ndarray
     latents: torch.Tensor
     report: CacheReport
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_gb: float | None = None
+    phase_peaks_gb: dict[str, float] = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -240,84 +300,108 @@ def _sync(device: torch.device) -> None:
 
 
 class TeaCacheSingleGPUPipeline(up.MochiSingleGPUPipeline):
-    """Upstream's single-device pipeline on any device (``cuda:N`` or ``cpu``), sampling with the cache."""
+    """Upstream's single-device pipeline on any device (``cuda:N`` or ``cpu``), sampling with the cache.
+    ``low_memory``: see the module docstring (it includes what ``cpu_offload`` does)."""
 
     def __init__(self, *, text_encoder_factory, dit_factory, decoder_factory, device: str | torch.device = "cuda:0",
                  cpu_offload: bool = False, decode_type: str = "full", decode_args: dict[str, Any] | None = None,
-                 fast_init: bool = True, strict_load: bool = True):
+                 fast_init: bool = True, strict_load: bool = True, low_memory: bool = False):
         if decode_type not in ("full", "tiled_full", "tiled_spatial"):
             raise ValueError(f"decode_type {decode_type!r}: use full, tiled_full or tiled_spatial")
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda:0")
         self.tokenizer = up.t5_tokenizer(text_encoder_factory.model_dir)
-        self.cpu_offload = cpu_offload
+        self.cpu_offload = cpu_offload or low_memory
+        self.low_memory = low_memory
         self.decode_args = decode_args or {}
         self.decode_type = decode_type
-        init_id: int | str = "cpu" if cpu_offload or self.device.type == "cpu" else self.device.index
+        init_id: int | str = "cpu" if self.cpu_offload or self.device.type == "cpu" else self.device.index
         t = Timer()
         with t("load_text_encoder"):
             self.text_encoder = text_encoder_factory.get_model(local_rank=0, device_id=init_id, world_size=1)
         with t("load_dit"):
             self.dit = dit_factory.get_model(local_rank=0, device_id=init_id, world_size=1, fast_init=fast_init,
-                                             strict_load=strict_load)
+                                             strict_load=strict_load, convert_on=self.device if low_memory else None)
         with t("load_vae"):
             self.decoder = decoder_factory.get_model(local_rank=0, device_id=init_id, world_size=1)
         self.load_times = dict(t.times)
         self.warmed: set = set()  # what has run once: the text encoder, the DiT's input shapes (sampler.warm_up)
 
+    @contextmanager
+    def placed(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """``model`` on the pipeline's device for the block. With ``cpu_offload`` (or ``low_memory``) on a GPU it
+        is moved there and back to the CPU after (upstream's ``move_to_device``); with ``low_memory`` the allocator's
+        cache is emptied after, so the next phase finds the memory free."""
+        offload = self.cpu_offload and self.device.type == "cuda"
+        with up.move_to_device(model, self.device, enabled=offload):
+            yield model
+        if offload and self.low_memory:
+            torch.cuda.empty_cache()
+
+    def encode(self, *, batch_cfg: bool, prompt: str, negative_prompt: str) -> dict[str, Any]:
+        """Upstream's ``get_conditioning`` with the text encoder placed on the device for it."""
+        with self.placed(self.text_encoder):
+            return up.get_conditioning(self.tokenizer, self.text_encoder, self.device, batch_cfg, prompt=prompt,
+                                       negative_prompt=negative_prompt)
+
     def generate(self, *, batch_cfg: bool, prompt: str, negative_prompt: str, cache: CacheConfig,
                  progress: bool = True, **kwargs: Any) -> GenerationOutput:
         """One video. ``kwargs`` are upstream ``sample_model``'s (seed, width, height, num_frames, schedules)."""
         dev = self.device
-        offload = self.cpu_offload and dev.type == "cuda"
+        peaks: dict[str, float] = {}
+
+        def phase_done(name: str) -> None:
+            if dev.type == "cuda":
+                peaks[name] = torch.cuda.max_memory_allocated(dev) / 1024**3
+                torch.cuda.reset_peak_memory_stats(dev)
+
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         with torch.inference_mode():
             text_warmup = 0.0
             if "text_encoder" not in self.warmed:  # its first call (e.g. cuBLAS initialisation), timed apart
                 t0 = time.perf_counter()
-                self._encode(batch_cfg, prompt, negative_prompt, offload)
+                self.encode(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt)
+                _sync(dev)
                 self.warmed.add("text_encoder")
                 text_warmup = time.perf_counter() - t0
             t0 = time.perf_counter()
-            conditioning = self._encode(batch_cfg, prompt, negative_prompt, offload)
+            conditioning = self.encode(batch_cfg=batch_cfg, prompt=prompt, negative_prompt=negative_prompt)
+            _sync(dev)
             t1 = time.perf_counter()
-            with up.move_to_device(self.dit, dev, enabled=offload):
+            phase_done("text_encoding")
+            with self.placed(self.dit):
                 t1b = time.perf_counter()
                 result = sample_model(dev, self.dit, conditioning, cache=cache, progress=progress, warm=self.warmed,
                                       **kwargs)
                 _sync(dev)
                 t2 = time.perf_counter()
-            with up.move_to_device(self.decoder, dev, enabled=offload):
+            phase_done("denoising")
+            with self.placed(self.decoder):
                 t2b = time.perf_counter()
                 frames = self._decode(result.latents)
                 _sync(dev)
             t3 = time.perf_counter()
+            phase_done("decoding")
         warmup = result.report.warmup_s  # inside the denoising call, out of its time
         times = dict(text_encoding_s=t1 - t0, denoising_s=t2 - t1b - warmup, decoding_s=t3 - t2b,
                      total_s=t3 - t0 - warmup, warmup_s=text_warmup + warmup)
-        if offload:
+        if self.cpu_offload and dev.type == "cuda":
             times["offload_s"] = (t1b - t1) + (t2b - t2)
-        peak = torch.cuda.max_memory_allocated(dev) / 1024**3 if dev.type == "cuda" else None
-        return GenerationOutput(frames.cpu().numpy(), result.latents, result.report, times, peak)
-
-    def _encode(self, batch_cfg: bool, prompt: str, negative_prompt: str, offload: bool) -> dict[str, Any]:
-        with up.move_to_device(self.text_encoder, self.device, enabled=offload):
-            conditioning = up.get_conditioning(self.tokenizer, self.text_encoder, self.device, batch_cfg,
-                                               prompt=prompt, negative_prompt=negative_prompt)
-            _sync(self.device)
-        return conditioning
+        peak = max(peaks.values()) if peaks else None
+        return GenerationOutput(frames.cpu().numpy(), result.latents, result.report, times, peak, peaks)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        decoder = partial(decode_in_time_chunks, self.decoder) if self.low_memory else self.decoder
         if self.decode_type == "tiled_full":
-            return decode_latents_tiled_full(self.decoder, latents, **self.decode_args)
+            return decode_latents_tiled_full(decoder, latents, **self.decode_args)
         if self.decode_type == "tiled_spatial":
-            return decode_latents_tiled_spatial(self.decoder, latents, **self.decode_args, num_tiles_w=4,
+            return decode_latents_tiled_spatial(decoder, latents, **self.decode_args, num_tiles_w=4,
                                                 num_tiles_h=2)
         with warnings.catch_warnings():  # upstream autocasts on "cuda" only: on CPU it warns and runs in fp32
             warnings.filterwarnings("ignore", message="CUDA is not available", category=UserWarning)
-            return decode_latents(self.decoder, latents)
+            return decode_latents(decoder, latents)
 
     def __call__(self, batch_cfg, prompt, negative_prompt, cache: CacheConfig | None = None, **kwargs):
         """Upstream's call signature: returns the frames (B, T, H, W, 3) as a numpy array."""

@@ -386,9 +386,9 @@ def set_attention(dit: torch.nn.Module, kernel: str = "sdpa", sdpa_backend: str 
             block.attn.sdpa_attention = fn
 
 
-def quantize_fp8_linears(dit: torch.nn.Module) -> int:
-    """torchao FP8 (dynamic per-row activation and weight scales) for the visual linears of every block.
-    Returns how many layers were converted."""
+def quantize_fp8_linears(block: torch.nn.Module) -> int:
+    """torchao FP8 (dynamic per-row activation and weight scales) for the visual linears of one block. Returns how
+    many layers were converted."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     count = 0
@@ -399,9 +399,7 @@ def quantize_fp8_linears(dit: torch.nn.Module) -> int:
         count += hit
         return hit
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    for block in dit.blocks:
-        quantize_(block, config, filter_fn=wanted)
+    quantize_(block, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=wanted)
     return count
 
 
@@ -441,15 +439,19 @@ class FP8Linear(torch.nn.Module):
 def use_fp8_mm(dit: torch.nn.Module) -> dict[tuple[int, str], torch.nn.Module]:
     """Replace the visual linears of every block (``FP8_LINEARS``) by :class:`FP8Linear`; a layer with an active
     LoRA stays as it is. Returns the replaced modules by (block, name), to put back with :func:`restore_linears`."""
+    return {(i, name): module for i, block in enumerate(dit.blocks) for name, module in fp8_mm_block(block).items()}
+
+
+def fp8_mm_block(block: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """:func:`use_fp8_mm` for one block: the replaced modules by name."""
     replaced = {}
-    for i, block in enumerate(dit.blocks):
-        for name in FP8_LINEARS:
-            module = block.get_submodule(name)
-            if getattr(module, "r", 0) > 0:  # LoraLinear with a LoRA: its update is not part of the weight
-                continue
-            parent, _, attr = name.rpartition(".")
-            setattr(block.get_submodule(parent), attr, FP8Linear(module))
-            replaced[(i, name)] = module
+    for name in FP8_LINEARS:
+        module = block.get_submodule(name)
+        if getattr(module, "r", 0) > 0:  # LoraLinear with a LoRA: its update is not part of the weight
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(block.get_submodule(parent), attr, FP8Linear(module))
+        replaced[name] = module
     return replaced
 
 
@@ -473,26 +475,61 @@ def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
         setattr(config, name, limit)
 
 
-def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions) -> torch.nn.Module:
+def check_movable(options: SpeedOptions) -> None:
+    """Raise :class:`SpeedOptionError` if the DiT these options make cannot move between the CPU and the GPU, as
+    ``--low_memory`` moves it between phases: torchao's FP8 weights (``fp8_linear``) are not moved by this project."""
+    if options.fp8_linear:
+        raise SpeedOptionError("fp8_linear (torchao FP8 weights) is not moved between the CPU and the GPU, as "
+                               "--low_memory does: use fp8_mm instead (the same layers in FP8, without torchao)")
+
+
+def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Upstream's ``pipelines.cast_dit`` for any part of the DiT: its Linear and Conv2d layers to ``dtype`` (norm
+    weights and RoPE frequencies stay fp32)."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            m.to(dtype=dtype)
+
+
+def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions, *,
+                        convert_on: torch.device | None = None) -> torch.nn.Module:
     """Apply ``options`` to an (unwrapped) DiT, in place. Call after its weights are loaded. Raises
-    :class:`SpeedOptionError` first if an option cannot run on the DiT's device."""
+    :class:`SpeedOptionError` first if an option cannot run on the device (``convert_on``, else the DiT's).
+
+    The weights are converted (bf16 cast, FP8) one part at a time (``model.dit_parts``: a block, or one of the other
+    top-level modules). With ``convert_on`` each part is moved there for its conversion and back to where it was:
+    ``--low_memory`` converts on the GPU a DiT that stays on the CPU, so its fp32 weights are never whole on the GPU,
+    by the same operations on the same device as in place (bit-identical weights)."""
+    from genmo_teacache.model import dit_parts
+
     if options.is_default:
         return dit
-    check_speed_options(options, next(dit.parameters()).device)
-    if options.dit_dtype == "bf16":
-        from genmo_teacache.upstream import pipelines
-
-        pipelines.cast_dit(dit, torch.bfloat16)
-    if options.fp8_linear:
-        log.info("FP8 linear layers (torchao): %d converted", quantize_fp8_linears(dit))
-    if options.fp8_mm:
-        log.info("FP8 linear layers (torch._scaled_mm): %d converted", len(use_fp8_mm(dit)))
+    device = convert_on or next(dit.parameters()).device
+    check_speed_options(options, device)
+    if convert_on is not None:
+        check_movable(options)
+    blocks, converted = set(dit.blocks), 0
+    for part in dit_parts(dit):
+        home = next(part.parameters()).device
+        part.to(device)
+        if options.dit_dtype == "bf16":
+            cast_weights(part, torch.bfloat16)
+        if part in blocks and options.fp8_linear:
+            converted += quantize_fp8_linears(part)
+        if part in blocks and options.fp8_mm:
+            converted += len(fp8_mm_block(part))
+        part.to(home)
+    if converted:
+        log.info("FP8 linear layers (%s): %d converted", "torchao" if options.fp8_linear else "torch._scaled_mm",
+                 converted)
     if options.attention_kernel != "sdpa" or options.sdpa_backend != "auto":
         set_attention(dit, options.attention_kernel, options.sdpa_backend)
     if options.sparse is not None:  # after the kernel (its dense path), before compile
         from genmo_teacache.sparse import SparseStepHook, install_sparse_attention
 
-        state = install_sparse_attention(dit, options.sparse, compile_dense=options.compile_dit)
+        # compiled FlexAttention where the DiT runs (with --low_memory it is still on the CPU here)
+        state = install_sparse_attention(dit, options.sparse, compiled=device.type == "cuda",
+                                         compile_dense=options.compile_dit)
         if hasattr(dit, "add_step_hook"):  # our DiT: the sampler begins and ends its steps, records densities
             dit.add_step_hook(SparseStepHook(state))
     if options.compile_dit:

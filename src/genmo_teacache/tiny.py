@@ -10,6 +10,10 @@
 
 It is UNTRAINED: it produces noise. It exists so the whole pipeline (text encoding, caching sampler, decoding,
 video writing) runs on a CPU in seconds. Real weights have no config files and get the full architecture.
+
+For GPU benchmarks, each model can instead be the full-size architecture with random weights made at load time
+(``--full-size-random-dit``, ``--full-size-random-t5``, ``--full-size-random-decoder``): its config file holds
+``weights.RANDOM_WEIGHTS_KEY`` and no weights file is written, so its memory and time are real and its output noise.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import click
 import torch
 
 from genmo_teacache.cachedir import cache_dir, file_lock
+from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,13 @@ TINY_DECODER_KWARGS: dict[str, Any] = dict(
     num_res_blocks=[1, 1, 1, 1, 1],
 )
 TINY_GENERATION_DEFAULTS: dict[str, Any] = dict(width=128, height=128, num_frames=19, num_steps=16)
+# google/t5-v1_1-xxl's encoder (the architecture fields of its config.json on the Hugging Face hub, which upstream's
+# T5ModelFactory loads, in fp32): 4.76 B parameters, 17.7 GiB
+T5_XXL_CONFIG: dict[str, Any] = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, layer_norm_epsilon=1e-6, feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)
 
 _CORPUS = """\
 A hand with delicate fingers picks up a bright yellow lemon from a wooden bowl filled with lemons and mint.
@@ -88,10 +100,12 @@ def _write_text_encoder(out: Path, seed: int) -> None:
 
 
 def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool = False,
-                    full_size_random_dit: bool = False) -> Path:
-    """Write the tiny random model directory and return its path. ``full_size_random_dit``: instead of the tiny
-    DiT, mark the directory so that the full-size DiT is built with random weights at load time (nothing
-    written; for timing the real architecture with the tiny text encoder and decoder)."""
+                    full_size_random_dit: bool = False, full_size_random_t5: bool = False,
+                    full_size_random_decoder: bool = False) -> Path:
+    """Write the tiny random model directory and return its path. ``full_size_random_dit`` (``_t5``,
+    ``_decoder``): instead of the tiny DiT (text encoder, decoder), mark the directory so that the full-size one is
+    built with random weights at load time (no weights written; for timing and measuring the memory of the real
+    architecture). The text encoder keeps the tiny model's tokenizer (its ids are far below T5-XXL's vocabulary)."""
     from safetensors.torch import save_file
 
     from genmo_teacache.model import AsymmDiTJoint, init_random_dit
@@ -116,12 +130,17 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, overwrite: bool =
 
     _write_text_encoder(out / "text_encoder", seed)
     (out / "generation_defaults.json").write_text(json.dumps(TINY_GENERATION_DEFAULTS, indent=2) + "\n")
-    if full_size_random_dit:
-        from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
+    random = {name: flag for name, flag in (("dit", full_size_random_dit), ("decoder", full_size_random_decoder))}
+    for name in (n for n, flag in random.items() if flag):
+        (out / f"{name}.safetensors").unlink()
+        (out / f"{name}_config.json").write_text(json.dumps({RANDOM_WEIGHTS_KEY: True}, indent=2) + "\n")
+    if full_size_random_t5:
+        from transformers import T5Config
 
-        (out / "dit.safetensors").unlink()
-        (out / "generation_defaults.json").unlink()
-        (out / "dit_config.json").write_text(json.dumps({RANDOM_WEIGHTS_KEY: True}, indent=2) + "\n")
+        (out / "text_encoder" / "model.safetensors").unlink()
+        T5Config(**T5_XXL_CONFIG, **{RANDOM_WEIGHTS_KEY: True}).save_pretrained(out / "text_encoder")
+    if full_size_random_dit or full_size_random_t5 or full_size_random_decoder:
+        (out / "generation_defaults.json").unlink()  # full-size models: upstream's sizes
     (out / "README.txt").write_text(
         "Tiny randomly initialised Mochi model written by `genmo-teacache make-tiny-model`.\n"
         "It is UNTRAINED and produces noise: it exists to run the pipeline end to end on a CPU.\n"
@@ -160,11 +179,20 @@ def default_model_dir() -> Path:
 @click.option("--overwrite", is_flag=True, help="Replace a model already in OUT_DIR.")
 @click.option("--full-size-random-dit", "full_size_random_dit", is_flag=True,
               help="For GPU timing: the full-size DiT (10 B parameters) with random weights made at load time, "
-                   "with the tiny text encoder and decoder.")
-def make_tiny_model_command(out_dir: str, seed: int, overwrite: bool, full_size_random_dit: bool) -> None:
+                   "with the tiny text encoder and decoder unless the flags below are given too.")
+@click.option("--full-size-random-t5", "full_size_random_t5", is_flag=True,
+              help="For GPU timing and memory: the full-size T5-XXL text encoder (4.8 B parameters, fp32 as upstream "
+                   "loads it) with random weights made at load time; the tiny tokenizer.")
+@click.option("--full-size-random-decoder", "full_size_random_decoder", is_flag=True,
+              help="For GPU timing and memory: the full-size VAE decoder (0.36 B parameters) with random weights "
+                   "made at load time.")
+def make_tiny_model_command(out_dir: str, seed: int, overwrite: bool, full_size_random_dit: bool,
+                            full_size_random_t5: bool, full_size_random_decoder: bool) -> None:
     """Write a tiny random (untrained: it makes noise) model directory usable as --model_dir on a CPU."""
     try:
-        path = make_tiny_model(out_dir, seed=seed, overwrite=overwrite, full_size_random_dit=full_size_random_dit)
+        path = make_tiny_model(out_dir, seed=seed, overwrite=overwrite, full_size_random_dit=full_size_random_dit,
+                               full_size_random_t5=full_size_random_t5,
+                               full_size_random_decoder=full_size_random_decoder)
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6

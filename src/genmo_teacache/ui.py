@@ -221,14 +221,14 @@ class Runner:
     threads, the GPU runs one generation at a time). Each job writes into a new folder under ``out_dir``."""
 
     def __init__(self, model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cpu_offload: bool = False,
-                 lora_path: str | None = None, device: str = "auto"):
+                 lora_path: str | None = None, device: str = "auto", low_memory: bool = False):
         from genmo_teacache.batch.execute import PipelineHolder, PipelineSpec
 
         self.model_dir = str(model_dir)
         self.out_dir = Path(out_dir)
         self.device = device
         self.pipelines = PipelineHolder(PipelineSpec(self.model_dir, dict(device=device, cpu_offload=cpu_offload,
-                                                                          lora_path=lora_path)))
+                                                                          lora_path=lora_path, low_memory=low_memory)))
         self._lock = threading.Lock()
         self._scorer: Any = None
         self._warm: SpeedOptions | None = None  # the speed options of the pipeline that has generated already
@@ -525,12 +525,17 @@ def build_app(runner: Runner, *, random_model: bool = False) -> Any:
 @click.option("--lora_path", default=None, type=click.Path(dir_okay=False, exists=True),
               help="LoRA weights (.safetensors or .pt), as upstream.")
 @click.option("--cpu_offload", is_flag=True, help="Keep models on CPU and move each to the GPU when used.")
+@click.option("--low_memory", is_flag=True,
+              help="For a small GPU: each model on the GPU only while used, the DiT converted block by block, "
+                   "decoding a few frames at a time (the generate command's --low_memory; with the fastest preset on "
+                   "a 24 GB GPU).")
 @click.option("--out_dir", default="outputs/gradio", show_default=True, type=click.Path(file_okay=False),
               help="Each request's videos and reports go to a new folder in here.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; the page has no login).")
 @click.option("--port", default=7860, show_default=True, type=int, help="Port to listen on.")
-def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, out_dir: str, host: str, port: int) -> None:
+def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, low_memory: bool, out_dir: str, host: str,
+         port: int) -> None:
     """Upstream's Gradio UI with step caches: python demos/gradio_teacache.py [--model_dir weights/]."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home (set before gradio is imported)
     setup_logging(plain=True)
@@ -547,7 +552,7 @@ def main(model_dir: str | None, lora_path: str | None, cpu_offload: bool, out_di
         out = check_output_dir(out_dir, "--out_dir").resolve()
     except (WeightsError, OutputPathError) as e:
         raise click.ClickException(str(e)) from None
-    runner = Runner(model_dir, out, cpu_offload=cpu_offload, lora_path=lora_path)
+    runner = Runner(model_dir, out, cpu_offload=cpu_offload, lora_path=lora_path, low_memory=low_memory)
     try:
         runner.pipeline(speed_options(DEFAULT_PRESET))  # loaded once, before the first request
     except (FileNotFoundError, ValueError) as e:

@@ -17,13 +17,16 @@ from genmo.mochi_preview import pipelines
 from genmo.mochi_preview.dit.joint_model.layers import RMSNorm
 from genmo.mochi_preview.dit.joint_model.mod_rmsnorm import modulated_rmsnorm
 from genmo.mochi_preview.vae.models import (
+    ContextParallelConv3d,
     Decoder,
+    DepthToSpaceTime,
+    SafeConv3d,
     decode_latents,
     decode_latents_tiled_full,
     decode_latents_tiled_spatial,
 )
 from genmo.mochi_preview.vae.vae_stats import dit_latents_to_vae_latents
 
-__all__ = ["SHIMS", "Decoder", "RMSNorm", "Timer", "asymm_dit", "cp", "decode_latents", "decode_latents_tiled_full",
-           "decode_latents_tiled_spatial", "dit_latents_to_vae_latents", "get_new_progress_bar", "modulated_rmsnorm",
-           "pipelines", "progress_bar"]
+__all__ = ["SHIMS", "ContextParallelConv3d", "Decoder", "DepthToSpaceTime", "RMSNorm", "SafeConv3d", "Timer",
+           "asymm_dit", "cp", "decode_latents", "decode_latents_tiled_full", "decode_latents_tiled_spatial",
+           "dit_latents_to_vae_latents", "get_new_progress_bar", "modulated_rmsnorm", "pipelines", "progress_bar"]

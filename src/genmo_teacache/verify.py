@@ -64,17 +64,16 @@ def upstream_latents(model_dir: Path, conditioning: dict[str, Any], device: Any,
     """Upstream's sample_model on upstream's DiT. Returns (latents on the CPU, what built the DiT)."""
     import torch
 
-    from genmo_teacache.model import AsymmDiTJoint, init_random_dit
-    from genmo_teacache.pipelines import dit_kwargs, read_model_config
+    from genmo_teacache.model import AsymmDiTJoint, random_dit
+    from genmo_teacache.pipelines import dit_kwargs, random_weights_device, read_model_config
     from genmo_teacache.upstream import pipelines as up
     from genmo_teacache.weights import RANDOM_WEIGHTS_KEY
 
     config = read_model_config(model_dir, "dit_config.json")
     if config.get(RANDOM_WEIGHTS_KEY):
         random = {k: v for k, v in config.items() if k != RANDOM_WEIGHTS_KEY}
-        torch.manual_seed(0)  # as our factory builds a random-weight DiT: the same weights
-        with device:
-            dit = init_random_dit(AsymmDiTJoint(**dit_kwargs(random, attention_mode)))
+        # as our factory builds a random-weight DiT: the same weights
+        dit = random_dit(AsymmDiTJoint, dit_kwargs(random, attention_mode), draw=random_weights_device(), place=device)
         built = "upstream AsymmDiTJoint with random weights (seed 0, as our factory)"
     elif not config and device.type == "cuda":
         factory = up.DitModelFactory(model_path=str(model_dir / "dit.safetensors"), model_dtype="bf16",
@@ -104,7 +103,6 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
     from genmo_teacache.caches import parse_mode
     from genmo_teacache.generate import load_pipeline, resolve_device
     from genmo_teacache.pipelines import resolve_attention_mode
-    from genmo_teacache.upstream import pipelines as up
 
     model_dir = Path(model_dir)
     cache = parse_mode(cache_mode, calibration)
@@ -117,8 +115,8 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
     # ours first on one device: it loads the text encoder that both sides use (upstream's T5 factory)
     pipe = load_pipeline(model_dir, **{**pipeline, "num_gpus": 1, "cfg_parallel": False})
     with torch.inference_mode():
-        conditioning = up.get_conditioning(pipe.tokenizer, pipe.text_encoder, device, settings.batch_cfg,
-                                           prompt=prompt, negative_prompt=settings.negative_prompt)
+        conditioning = pipe.encode(batch_cfg=settings.batch_cfg, prompt=prompt,
+                                   negative_prompt=settings.negative_prompt)
     if multi:
         del pipe
         pipe = load_pipeline(model_dir, **pipeline)
@@ -129,9 +127,9 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
     else:
         from genmo_teacache.sampler import sample_model
 
-        with torch.inference_mode():
+        with torch.inference_mode(), pipe.placed(pipe.dit):  # --low_memory: on the device only while it samples
             ours = sample_model(device, pipe.dit, copy.deepcopy(conditioning), cache=cache, **args).latents.cpu()
-        where = f"one device ({device})"
+        where = f"one device ({device}{', low memory' if pipeline.get('low_memory') else ''})"
     del pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-RANDOM_WEIGHTS_KEY = "random_weights"  # in dit_config.json: build the DiT with random weights (benchmarks)
+# in dit_config.json, decoder_config.json or text_encoder/config.json: build that model with random weights, no
+# weights file (benchmarks)
+RANDOM_WEIGHTS_KEY = "random_weights"
 CONFIG_FILES = ("dit_config.json", "decoder_config.json", "generation_defaults.json")
 T5_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 T5_TOKENIZERS = ("spiece.model", "tokenizer.json")
@@ -64,11 +66,11 @@ def check_text_encoder(path: Path) -> None:
     config = path / "config.json"
     if not config.exists():
         _missing(config, "the T5 config")
-    read_json_object(config, "the T5 config is needed to load the text encoder")
+    random = read_json_object(config, "the T5 config is needed to load the text encoder").get(RANDOM_WEIGHTS_KEY)
     weights = [path / n for n in T5_WEIGHTS if (path / n).exists()]
-    if not weights:
+    if not weights and not random:
         _missing(path / T5_WEIGHTS[0], f"the T5 weights (one of {', '.join(T5_WEIGHTS)})")
-    if weights[0].name == "model.safetensors":
+    if weights and weights[0].name == "model.safetensors":
         check_safetensors(weights[0], "re-download the text encoder")
     if not any((path / n).exists() for n in T5_TOKENIZERS):
         raise WeightsError(f"{path} has no tokenizer ({' or '.join(T5_TOKENIZERS)}): without it every word becomes "
@@ -110,8 +112,8 @@ def check_model_dir(model_dir: str | os.PathLike, *, text_encoder_dir: str | os.
     if not d.is_dir():
         raise WeightsError(f"--model_dir {d} is a file: {HINT}")
     configs = {name: read_json_object(d / name) for name in CONFIG_FILES if (d / name).exists()}
-    files = ["decoder.safetensors"] + ([] if configs.get("dit_config.json", {}).get(RANDOM_WEIGHTS_KEY)
-                                       else ["dit.safetensors"])
+    files = [f"{name}.safetensors" for name in ("decoder", "dit")
+             if not configs.get(f"{name}_config.json", {}).get(RANDOM_WEIGHTS_KEY)]
     missing = [name for name in files if not (d / name).exists()]
     if missing:
         raise WeightsError(f"{d} has no {' and no '.join(missing)}: {HINT}")

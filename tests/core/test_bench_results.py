@@ -110,3 +110,14 @@ def test_sparse_attention_result_when_recorded():
             continue
         assert {"name", "forward_s", "density", "mean_abs_diff"} <= v.keys(), v["name"]
         assert v["forward_s"] > 0 and 0 < v["density"] <= 1 and v["mean_abs_diff"] >= 0
+
+
+def test_low_memory_result_when_recorded():
+    path = RESULTS / "low_memory_163f.json"
+    if not path.exists():
+        pytest.skip("low_memory_163f.json not recorded yet: bench/bench_low_memory.py on an H200 (issue 23)")
+    d = json.loads(path.read_text())
+    fields = {"frames", "steps", "memory_cap_gib", "peak_gib", "denoise_s", "total_s", "options"}
+    assert fields | {"device", "without_option"} <= d.keys() and d["frames"] == 163 and d["steps"] == 64
+    assert d["options"]["low_memory"] is True and d["memory_cap_gib"] > 0
+    assert fields <= d["without_option"].keys() and d["without_option"]["memory_cap_gib"] is None
