@@ -103,6 +103,9 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
     from genmo_teacache.caches import parse_mode
     from genmo_teacache.generate import load_pipeline, resolve_device
     from genmo_teacache.pipelines import resolve_attention_mode
+    from genmo_teacache.speed import SpeedOptions, join_mode
+
+    speed = pipeline.get("speed") or SpeedOptions()
 
     model_dir = Path(model_dir)
     cache = parse_mode(cache_mode, calibration)
@@ -136,7 +139,8 @@ def verify(model_dir: str | Path, *, settings: Any, seed: int = 0, prompt: str =
     expected, built = upstream_latents(model_dir, conditioning, device, attention_mode, args)
     diff = (ours.float() - expected.float()).abs()
     return Verdict(torch.equal(ours, expected), diff.max().item(), diff.mean().item(),
-                   expected.float().abs().mean().item(), list(expected.shape), built, f"{where}, {cache.name}")
+                   expected.float().abs().mean().item(), list(expected.shape), built,
+                   f"{where}, {join_mode(cache.name, None if speed.is_default else speed)}")
 
 
 @click.command("verify")

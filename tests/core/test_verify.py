@@ -32,6 +32,16 @@ def test_a_difference_is_reported_and_fails(tiny_model_dir):
     assert "NOT bit-identical: max |difference|" in res.output and "fixed_0.3" in res.output
 
 
+def test_a_sparse_attention_shows_its_distance_named_with_its_speed_options(tiny_model_dir):
+    """Issue 22: verify takes the sparse-attention speed option and reports how far it moves the latents, naming it;
+    256 x 256 so that the 2x8x8 tiles make more than one block (a window can drop some)."""
+    res = CliRunner().invoke(verify_command, ["--model_dir", str(tiny_model_dir), "--width", "256", "--height",
+                                              "256", "--num_frames", "7", "--device", "cpu",
+                                              "--sparse_attention", "sparse_tile_0.5_w0"])
+    assert res.exit_code == 1, res.output
+    assert "NOT bit-identical: max |difference|" in res.output and "baseline@sparse_tile_0.5_w0" in res.output
+
+
 def test_verify_that_cannot_run_exits_2_before_any_model_loads(tiny_model_dir, tmp_path):
     """Exit codes: 0 identical, 1 different, 2 could not run (never 1, which would say the latents differ)."""
     blocker = tmp_path / "a file"
