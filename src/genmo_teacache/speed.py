@@ -461,20 +461,6 @@ def restore_linears(dit: torch.nn.Module, replaced: dict[tuple[int, str], torch.
         setattr(dit.blocks[i].get_submodule(parent), attr, module)
 
 
-# Compiled blocks (``dynamic=False``) compile again for each input shape: the latent's, and each CFG branch's text
-# length (every prompt length of a batch). Past dynamo's recompile limit (8 by default) they would silently run eager.
-RECOMPILE_LIMIT = 64
-
-
-def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
-    """Let compiled code keep ``limit`` shapes before dynamo falls back to eager (never lowers the limit)."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    if getattr(config, name) < limit:
-        log.info("dynamo %s %d -> %d (one compile per input shape)", name, getattr(config, name), limit)
-        setattr(config, name, limit)
-
-
 def check_movable(options: SpeedOptions) -> None:
     """Raise :class:`SpeedOptionError` if the DiT these options make cannot move between the CPU and the GPU, as
     ``--low_memory`` moves it between phases: torchao's FP8 weights (``fp8_linear``) are not moved by this project."""
@@ -538,6 +524,8 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions, *,
                         "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
                         "eager fp8_linear was no faster than bf16. fp8_mm (no torchao) compiles in seconds: "
                         "docs/BENCHMARKS.md section 7b")
+        from genmo_teacache.dynamo import raise_recompile_limit
+
         raise_recompile_limit()
         for block in dit.blocks:
             block.compile(dynamic=False)

@@ -188,7 +188,7 @@ def test_an_unreadable_log_is_moved_aside_and_rebuilt(tmp_path, caplog):
 
 def test_the_reference_layout_resumes_cleans_and_logs_in_its_own_folders(tmp_path):
     """<output-dir>/<mode>/<prompt>-<seed>.mp4, reports in .reports/, logs beside the mode folders."""
-    from genmo_teacache.batch.layout import REFERENCE
+    from genmo_teacache.output_layout import REFERENCE
 
     entries = [PromptEntry("a cat", 1)]
     jobs = build_jobs(select_prompts(entries), parse_modes("mochi_baseline"), 2, 3, 8, REFERENCE)

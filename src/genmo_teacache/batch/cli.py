@@ -22,7 +22,6 @@ from genmo_teacache.batch.jobs import (
     longest_first,
     select_prompts,
 )
-from genmo_teacache.batch.layout import BATCH, LAYOUTS, REFERENCE, found_layout
 from genmo_teacache.batch.naming import mode_folder, parse_modes
 from genmo_teacache.batch.prompts import DEFAULT_PROMPTS_FILE, PromptFileError, load_prompts, resolve_prompts_file
 from genmo_teacache.batch.runner import BatchPlan, BatchResult, format_job_table, run_local
@@ -38,6 +37,7 @@ from genmo_teacache.options import (
     resolve_model_dir,
     settings_from_options,
 )
+from genmo_teacache.output_layout import BATCH, LAYOUTS, REFERENCE, found_layout
 from genmo_teacache.parallel import check_ray_address
 from genmo_teacache.speed import SpeedOptions
 

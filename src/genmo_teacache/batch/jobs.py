@@ -1,6 +1,6 @@
 """Jobs (prompt x mode x sample), where their files go, what they cost, and how they are split.
 
-Where a job's files go under ``<output-dir>`` is the job's :class:`~genmo_teacache.batch.layout.Layout` (the batch's
+Where a job's files go under ``<output-dir>`` is the job's :class:`~genmo_teacache.output_layout.Layout` (the batch's
 own, or the reference workflow's for the ``vbench_eval/`` scripts).
 
 Sample ``i`` of every prompt uses seed ``generation_seed + i`` in every mode, so modes are compared on the same
@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.batch.layout import BATCH, Layout
 from genmo_teacache.batch.naming import prompt_stem, split_folder
 from genmo_teacache.batch.prompts import PromptEntry
 from genmo_teacache.caches import CacheConfig, parse_mode
+from genmo_teacache.output_layout import BATCH, Layout
 from genmo_teacache.speed import SpeedOptions, split_mode
 
 MAX_SAMPLES = 5  # VBench's standard mode reads samples 0-4

@@ -23,9 +23,9 @@ from genmo_teacache.batch.execute import (
     settings_dict,
 )
 from genmo_teacache.batch.jobs import BatchError, Job, by_speed, log_name, share_of, speed_groups
-from genmo_teacache.batch.layout import Layout
 from genmo_teacache.batch.locks import FileLock, JobLocks, job_set_lock
 from genmo_teacache.batch.state import GenerationLog, clean_stale_tmp, finished_entries, record_prompt_names
+from genmo_teacache.output_layout import Layout
 from genmo_teacache.speed import SpeedOptions
 
 logger = logging.getLogger(__name__)

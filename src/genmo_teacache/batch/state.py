@@ -28,10 +28,10 @@ from typing import Any
 
 from genmo_teacache.batch.fingerprint import differences, job_fingerprint
 from genmo_teacache.batch.jobs import BatchError, Job
-from genmo_teacache.batch.layout import LAYOUTS, LOG_GLOB, PROMPT_NAMES
 from genmo_teacache.batch.locks import shared_file_lock
 from genmo_teacache.caches import is_baseline
 from genmo_teacache.files import TMP_PREFIX, file_identity, write_json
+from genmo_teacache.output_layout import LAYOUTS, LOG_GLOB, PROMPT_NAMES
 from genmo_teacache.speed import MODE_SEPARATOR
 from genmo_teacache.speedup import (
     denoising_seconds,

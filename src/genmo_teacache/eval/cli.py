@@ -380,7 +380,7 @@ def compare_command(ctx: click.Context, scores_dir: Path, fidelity_dir: Path, ge
     baseline = baseline_of(baseline, chosen or sorted(named), where)
     if not chosen:  # VBench results, and fidelity results against this baseline
         chosen = sorted((scored | {m for m, against in fidelity if against == baseline}) - {baseline})
-    from genmo_teacache.batch.layout import BATCH
+    from genmo_teacache.output_layout import BATCH
 
     defaults = [Path("vbench_eval/videos"), Path("vbench_eval") / BATCH.logs, scores_dir.parent / BATCH.logs,
                 scores_dir.parent.parent / BATCH.logs]

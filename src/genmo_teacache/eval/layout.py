@@ -1,6 +1,6 @@
 """The evaluation's folder layout: ``{videos}/{mode}/{prompt}-{i}.mp4``, one folder per mode, videos only.
 
-Both layouts of the batch generator (:mod:`genmo_teacache.batch.layout`) are read: ``genmo-teacache batch`` writes
+Both layouts of the batch generator (:mod:`genmo_teacache.output_layout`) are read: ``genmo-teacache batch`` writes
 ``<output-dir>/videos/<mode>/`` beside ``<output-dir>/logs/``; the ``vbench_eval/`` scripts write the reference's
 ``<output-dir>/<mode>/`` beside ``<output-dir>/generation_log_*.json``; both write ``<output-dir>/prompt_names.json``.
 :func:`find_videos_dir` accepts either output folder (or the folder above one, as in the doubled
@@ -17,8 +17,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from genmo_teacache.batch.layout import BATCH, PROMPT_NAMES, VIDEO_SUFFIX, has_videos
 from genmo_teacache.files import TMP_PREFIX
+from genmo_teacache.output_layout import BATCH, PROMPT_NAMES, VIDEO_SUFFIX, has_videos
 
 logger = logging.getLogger(__name__)
 

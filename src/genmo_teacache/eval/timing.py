@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genmo_teacache.batch.layout import BATCH, LOG_GLOBS
+from genmo_teacache.output_layout import BATCH, LOG_GLOBS
 from genmo_teacache.speedup import denoising_seconds, ideal_speedup, is_noise, ratio, time_seconds
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ def compiled_flex() -> Callable:
     190 GB at 163 frames), so the limit is raised first (``speed.raise_recompile_limit``)."""
     global _compiled
     if _compiled is None:
-        from genmo_teacache.speed import raise_recompile_limit
+        from genmo_teacache.dynamo import raise_recompile_limit
 
         raise_recompile_limit()
         _compiled = torch.compile(flex_attention, dynamic=False)
