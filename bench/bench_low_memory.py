@@ -163,6 +163,10 @@ def main() -> None:
         common = dict(speed_spec=args.speed, cache_mode=args.cache_mode, warmup_steps=args.warmup_steps,
                       device=device)
         with_option = run_one(model_dir, low_memory=True, cap_gib=args.cap_gib, settings=settings, **common)
+        # the run with the option is the result; written now too, so a run stopped during the comparison keeps it
+        write_results((args.name or f"low_memory_{args.frames}f") + "_with_option_only", {
+            k: with_option[k] for k in ("frames", "steps", "memory_cap_gib", "peak_gib", "denoise_s", "total_s",
+                                        "options", "details")})
         without = None
         if comparison_steps:
             without = run_one(model_dir, low_memory=False, cap_gib=None,
