@@ -2,7 +2,7 @@
 and how far it moves the outputs.
 
 - ``dit_dtype="bf16"``: store the DiT's linear and conv weights in bf16 (upstream keeps fp32 weights and casts
-  them under autocast on every call): 17 GiB less memory at full size, same output bit for bit. Norm weights
+  them under autocast on every call): 18.7 GiB less memory at full size, same output bit for bit. Norm weights
   and RoPE frequencies stay fp32. Single-GPU only (FSDP keeps fp32 parameters).
 - ``sdpa_backend``: the SDPA kernel for the visual/text attention (``attention_kernel="sdpa"``). Upstream lets
   PyTorch choose among flash, memory-efficient and (on Hopper) cuDNN; ``"cudnn"``, ``"flash"``,
