@@ -1,4 +1,10 @@
-"""Runtime shims for what upstream Mochi gets wrong off a GPU (REFERENCE.md, "What breaks on a CPU-only machine").
+"""Runtime shims for what upstream Mochi (github genmoai/mochi, ``src/genmo``) gets wrong off a GPU, each found on a
+CPU-only machine with the unmodified upstream (torch 2.13/2.14) and named in its shim's docstring:
+``lib/attn_imports.py`` line 20 calls ``torch.cuda.get_device_properties(0)`` at import (reached from
+``mochi_preview/dit/joint_model/asymm_models_joint.py``); ``AsymmDiTJoint.forward`` pools the T5 features under
+``sdpa_kernel(EFFICIENT_ATTENTION)``, which has no CPU kernel ("No viable backend"); ``rope_mixed.py``'s
+``compute_mixed_rotation`` guards itself with ``autocast("cuda", enabled=False)``, which does not switch off a CPU
+autocast; ``lib/utils.py`` imports moviepy at module level; batched CFG needs flash-attn's varlen kernel.
 
 Each shim is small, named, idempotent, applied explicitly by :func:`apply` before upstream is imported (once,
 by :mod:`genmo_teacache.upstream`, the one module that imports upstream), and tested. On a machine with CUDA,

@@ -12,7 +12,7 @@ arithmetic is that of one pass over the whole video, but a convolution kernel ma
 shorter input, so values can differ in their last bits (up to 1e-6 on the tiny decoder on a CPU; upstream's own
 ``SafeConv3d`` already splits long inputs in time). The activations held at once are those of one chunk. At
 163 frames, 480x848, upstream's ``tiled_spatial`` decoding peaks at 44 GiB and ``full`` at 90 GiB on an H200
-(docs/BENCHMARKS.md, section 4); a chunk of 4 latent frames (24 video frames) holds about 24/163 of that.
+(docs/BENCHMARKS.md, section 6); a chunk of 4 latent frames (24 video frames) holds about 24/163 of that.
 """
 
 from __future__ import annotations

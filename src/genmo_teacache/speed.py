@@ -2,7 +2,7 @@
 and how far it moves the outputs.
 
 - ``dit_dtype="bf16"``: store the DiT's linear and conv weights in bf16 (upstream keeps fp32 weights and casts
-  them under autocast on every call): 17 GiB less memory at full size, same output bit for bit. Norm weights
+  them under autocast on every call): 18.7 GiB less memory at full size, same output bit for bit. Norm weights
   and RoPE frequencies stay fp32. Single-GPU only (FSDP keeps fp32 parameters).
 - ``sdpa_backend``: the SDPA kernel for the visual/text attention (``attention_kernel="sdpa"``). Upstream lets
   PyTorch choose among flash, memory-efficient and (on Hopper) cuDNN; ``"cudnn"``, ``"flash"``,
@@ -150,7 +150,7 @@ def sparse_syntax() -> str:
 SPEED_FIELDS = tuple(f.name for f in fields(SpeedOptions))  # each one also the name of its command-line option
 
 
-# Named combinations, from docs/BENCHMARKS.md section 7 (H200, 163 frames, one forward; upstream's default
+# Named combinations, from docs/BENCHMARKS.md section 3 (H200, 163 frames, one forward; upstream's default
 # 3.55-3.57 s): "fastest" is the fastest measured combination (1.99 s, 1.80x: FP8 attention and FP8 linears; its
 # latents after 8 steps move twice as far from upstream's as between two exact kernels); "fast" FP8 attention only
 # (2.24 s, 1.58-1.60x; FP8 attention moves a forward's output about 7x as far as switching between two exact
@@ -523,7 +523,7 @@ def apply_speed_options(dit: torch.nn.Module, options: SpeedOptions, *,
             log.warning("fp8_linear with compile: in our H200 benchmarks its first forward never finished "
                         "compiling (tried for about 4 and 5 minutes; torchao FP8 weights under torch.compile); "
                         "eager fp8_linear was no faster than bf16. fp8_mm (no torchao) compiles in seconds: "
-                        "docs/BENCHMARKS.md section 7b")
+                        "docs/BENCHMARKS.md section 3.3")
         from genmo_teacache.dynamo import raise_recompile_limit
 
         raise_recompile_limit()

@@ -55,7 +55,7 @@ def test_peers_rows_name_a_system_and_its_times():
 def test_cfg_parallel_result_when_recorded():
     path = RESULTS / "cfg_parallel_2gpu.json"
     if not path.exists():
-        pytest.skip("cfg_parallel_2gpu.json not recorded: the 2-GPU machine was not lent (docs/BENCHMARKS.md, 13)")
+        pytest.skip("cfg_parallel_2gpu.json not recorded: the 2-GPU machine was not lent (docs/BENCHMARKS.md 8.2)")
     d = json.loads(path.read_text())
     assert d["device"]["gpus"] == 2
     assert {"frames", "single_step_s", "cp_step_s", "cfg_parallel_step_s", "latents_identical"} <= d.keys()
@@ -107,7 +107,7 @@ def test_sparse_attention_result_when_recorded():
     and fastest from the same run (bench/bench_sparse.py)."""
     path = RESULTS / "sparse_attention_163f.json"
     if not path.exists():
-        pytest.skip("sparse_attention_163f.json not recorded yet: docs/BENCHMARKS.md section 15")
+        pytest.skip("sparse_attention_163f.json not recorded yet: docs/BENCHMARKS.md section 4")
     d = json.loads(path.read_text())
     assert d["frames"] == 163 and "gpu" in d["device"]
     names = [v["name"] for v in d["variants"]]

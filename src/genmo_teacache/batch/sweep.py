@@ -2,8 +2,9 @@
 through the batch machinery (so it is resumable, can be split over GPUs by hand and can run on Ray), then fidelity of
 every candidate against the baseline (when ``genmo_teacache.eval.fidelity`` is installed), one table (with each
 candidate's method) naming the best candidate by a chosen metric, and one Pareto plot of speedup against PSNR and
-LPIPS with every method in its own colour and marker. Nothing here knows a method by name: the method of a mode
-comes from the registry (:func:`genmo_teacache.caches.method_key`).
+LPIPS with every method in its own colour and marker. The method of a mode comes from the registry
+(:func:`genmo_teacache.caches.method_key`); the one method named here is TeaCache, whose ``two_phase`` schedules
+are the default candidates (the reference experiment's c1-c4, :data:`REFERENCE_CANDIDATES`).
 
 Outputs under ``<output-dir>``: the batch's files in its ``--layout`` (the reference's for
 ``vbench_eval/run_adaptive_threshold_experiment.py``: ``vbench_eval/videos_threshold_experiment/<mode>/``); the
