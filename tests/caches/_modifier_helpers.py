@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from genmo_teacache.caches import METHODS, parse_mode
+from genmo_teacache.caches import METHODS
 from genmo_teacache.caches.reuse import AfterFirstBlock, Blocks, Model
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.sampler import sample_model
@@ -29,20 +29,10 @@ def conditioning(pipe, batched, prompt="a red car drives through the snowy city"
 
 
 def sample(pipe, cond, cache, seed=0, steps=STEPS, **kw):
+    """A fresh run (to watch with hooks); ``tiny_runs.sample`` serves a plain one that other tests share."""
     args = GenerationSettings(width=64, height=64, num_frames=7, num_steps=steps).sampler_args(seed)
     with torch.inference_mode():
         return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **args, **kw)
-
-
-_PLAIN: dict = {}
-
-
-def plain(pipe, mode, calibration):
-    """The unbatched run of ``mode`` without modifiers (default prompt and seed), computed once per pipeline."""
-    key = (pipe, mode)
-    if key not in _PLAIN:
-        _PLAIN[key] = sample(pipe, conditioning(pipe, False), parse_mode(mode, calibration))
-    return _PLAIN[key]
 
 
 class Recorder:
