@@ -1,7 +1,7 @@
 """The CFG cache (+cfg, FasterCache's CFG-Cache): its schedule and mode names, the frequency split and the
 reconstruction worked out by hand and against an independent numpy version of the published formula, a 64-step
 transcription of FasterCache's Mochi sampler, stale differences, and real tiny runs watched with hooks, with every
-registered method (METHOD_MODES).
+registered method (METHOD_MODES: TeaCache in the default stage, the others with ``-m slow``).
 
 The oracle's weights are read from FasterCache's Mochi sampler (Vchitect/FasterCache 02d05ef,
 ``fastercache/models/genmo/mochi_preview/pipelines.py``, ``sample_model_fastercache``), written here as numbers, not
@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, sample
+from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, method_params, sample
 from click.testing import CliRunner
 
 from genmo_teacache.caches import CacheConfig, parse_mode
@@ -287,7 +287,7 @@ def published_uncond(cond, delta_low, delta_high):
     return frames.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pipes, tiny_runs, cal, monkeypatch):
     """Hooks record every DiT output of a real run; on each cond-only step the uncond output the sampler combines
     must equal FasterCache's reconstruction from those outputs, bit for bit, and no uncond forward ran."""
@@ -361,7 +361,7 @@ def test_a_real_run_refreshes_a_stale_difference(pipes):
     assert result.report.to_dict()["steps"][13]["difference_age"] == 2
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 def test_a_schedule_that_never_drops_uncond_is_bit_identical_to_the_plain_method(key, tiny_runs, cal):
     mode = METHOD_MODES[key][0]
     base = tiny_runs.sample("sdpa", parse_mode(mode, cal))

@@ -1,6 +1,6 @@
 """Forecasting on skipped steps (+taylor<order>[s]): TaylorSeer's finite-difference formulas worked out by hand,
 against an independent float64 implementation of its recursion, and on real tiny runs watched with hooks, with every
-registered method (METHOD_MODES)."""
+registered method (METHOD_MODES: TeaCache in the default stage, the others with ``-m slow``)."""
 
 import math
 
@@ -14,6 +14,7 @@ from _modifier_helpers import (
     conditioning,
     entry_and_quantity,
     entry_of_skip,
+    method_params,
     sample,
 )
 
@@ -154,7 +155,7 @@ def check_forecasts(result, rec, method, order, state) -> int:
     return used
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 @pytest.mark.parametrize("variant", ["taylor2", "taylor1s"])
 def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, tiny_runs, cal):
     """A forced pattern (computed 0, 1, 2, 4, 6, 7) with the method's indicator and reuse: step 3 forecasts from
@@ -174,7 +175,7 @@ def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, tiny_ru
     assert result.report.to_dict()["cache"]["modifiers"][0]["name"] == variant
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 def test_with_the_methods_own_decisions(key, pipes, tiny_runs, cal):
     pipe = pipes["sdpa"]
     cache = parse_mode(f"{METHOD_MODES[key][0]}+taylor1", cal)
@@ -189,7 +190,7 @@ def test_with_the_methods_own_decisions(key, pipes, tiny_runs, cal):
     assert not torch.equal(result.latents, base.latents)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 def test_order_0_or_no_skip_is_bit_identical_to_the_plain_method(key, tiny_runs, cal):
     skipping, zero = METHOD_MODES[key]
     base = tiny_runs.sample("sdpa", parse_mode(skipping, cal))
@@ -201,7 +202,7 @@ def test_order_0_or_no_skip_is_bit_identical_to_the_plain_method(key, tiny_runs,
     assert torch.equal(never.latents, tiny_runs.sample("sdpa", parse_mode("baseline")).latents)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 def test_batched_and_unbatched_cfg_decide_alike(key, tiny_runs, cal):
     cache = parse_mode(f"{METHOD_MODES[key][0]}+taylor2", cal)  # on flash (varlen attention): batched CFG on CPU too
     unbatched = tiny_runs.sample("flash", cache)
