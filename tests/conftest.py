@@ -73,7 +73,6 @@ class TinyRuns:
         self.pipes = pipes
         self._conds: dict = {}
         self._runs: dict = {}
-        self.computed = 0  # how many runs were made (not served from the cache)
 
     def conditioning(self, attention: str, batched: bool, prompt: str = PROMPT) -> dict:
         """Upstream's conditioning (text encoder) for ``prompt`` with an empty negative prompt; a copy."""
@@ -113,7 +112,6 @@ class TinyRuns:
                 self._runs[key] = sample_model(pipe.device, pipe.dit, self.conditioning(attention, batched, prompt),
                                                cache=cache, policy=policy, progress=False,
                                                **self.args(seed, steps, **size))
-            self.computed += 1
         return copy.deepcopy(self._runs[key])
 
     def upstream(self, attention: str, *, batched: bool = False, prompt: str = PROMPT, seed: int = 0,
@@ -130,7 +128,6 @@ class TinyRuns:
                 self._runs[key] = upstream_sample_model(pipe.device, pipe.dit,
                                                         self.conditioning(attention, batched, prompt),
                                                         **self.args(seed, steps, **size))
-            self.computed += 1
         return self._runs[key].clone()
 
 
