@@ -1,7 +1,9 @@
-"""Shared fixtures: the tiny random model (real upstream classes) is written once per test session."""
+"""Shared fixtures: the tiny random model (real upstream classes) is written once per test session, its pipelines
+are built once, and a tiny generation that several tests ask for runs once (``tiny_runs``)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -43,3 +45,93 @@ def method_calibration(tmp_path_factory) -> Path:
     path.write_text(json.dumps({"coefficients": list(default.coefficients), "x_max": default.x_max,
                                 "mag_ratios": [1.0] + [1.0 + 0.01 * (-1) ** i for i in range(1, 8)]}))
     return path
+
+
+@pytest.fixture(scope="session")
+def pipes(tiny_model_dir) -> dict:
+    """The tiny model's pipelines, built once a session: sdpa (unbatched CFG only, as upstream) and flash (varlen
+    attention: batched CFG runs on CPU too). A test that hooks or patches one removes what it added."""
+    from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
+
+    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
+            for mode in ("sdpa", "flash")}
+
+
+PROMPT = "a red car drives through the snowy city"
+STEPS = 8
+SIZE = {"width": 64, "height": 64, "num_frames": 7}
+
+
+class TinyRuns:
+    """The session's tiny generations, each run once: a test that asks for the same run as another test (same
+    pipeline, cache config, CFG batching, prompt, seed, steps, size, forced pattern) gets a copy of its result, which
+    it may change freely. Only plain runs belong here: a run watched with hooks or patched runs itself. A sampler
+    that is not deterministic run to run would show in the contract's reset test, which compares a fresh run with
+    the one kept here."""
+
+    def __init__(self, pipes: dict):
+        self.pipes = pipes
+        self._conds: dict = {}
+        self._runs: dict = {}
+
+    def conditioning(self, attention: str, batched: bool, prompt: str = PROMPT) -> dict:
+        """Upstream's conditioning (text encoder) for ``prompt`` with an empty negative prompt; a copy."""
+        import torch
+        from genmo.mochi_preview.pipelines import get_conditioning
+
+        key = (attention, batched, prompt)
+        if key not in self._conds:
+            pipe = self.pipes[attention]
+            with torch.inference_mode():
+                self._conds[key] = get_conditioning(pipe.tokenizer, pipe.text_encoder, pipe.device, batched,
+                                                    prompt=prompt, negative_prompt="")
+        return copy.deepcopy(self._conds[key])
+
+    @staticmethod
+    def args(seed: int = 0, steps: int = STEPS, **size) -> dict:
+        from genmo_teacache.generate import GenerationSettings
+
+        return GenerationSettings(**{**SIZE, **size}, num_steps=steps).sampler_args(seed)
+
+    def sample(self, attention: str, cache, *, batched: bool = False, prompt: str = PROMPT, seed: int = 0,
+               steps: int = STEPS, computed: frozenset[int] | None = None, **size):
+        """Our sampler's result (``SampleResult``) for ``cache`` (a ``CacheConfig``); ``computed``: the steps a
+        ``PatternPolicy`` forces (measuring and reusing as the cache's method does)."""
+        import torch
+
+        from genmo_teacache.caches.pattern import PatternPolicy
+        from genmo_teacache.sampler import sample_model
+
+        # repr: the config's every field, also those equality leaves out (e.g. where MagCache's ratios came from)
+        key = ("ours", attention, cache, repr(cache), batched, prompt, seed, steps, computed,
+               tuple(sorted(size.items())))
+        if key not in self._runs:
+            pipe = self.pipes[attention]
+            policy = None if computed is None else PatternPolicy(set(computed), method=cache.method)
+            with torch.inference_mode():
+                self._runs[key] = sample_model(pipe.device, pipe.dit, self.conditioning(attention, batched, prompt),
+                                               cache=cache, policy=policy, progress=False,
+                                               **self.args(seed, steps, **size))
+        return copy.deepcopy(self._runs[key])
+
+    def upstream(self, attention: str, *, batched: bool = False, prompt: str = PROMPT, seed: int = 0,
+                 steps: int = STEPS, **size):
+        """Upstream's ``sample_model`` latents (the baseline every mode is measured against)."""
+        import torch
+        from genmo.mochi_preview.pipelines import sample_model as upstream_sample_model
+
+        key = ("upstream", attention, batched, prompt, seed, steps, tuple(sorted(size.items())))
+        if key not in self._runs:
+            pipe = self.pipes[attention]
+            # upstream autocasts on "cuda" only; on CPU the caller supplies the autocast, as our sampler does itself
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                self._runs[key] = upstream_sample_model(pipe.device, pipe.dit,
+                                                        self.conditioning(attention, batched, prompt),
+                                                        **self.args(seed, steps, **size))
+        return self._runs[key].clone()
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(pipes) -> TinyRuns:
+    """Tiny generations shared by the whole session (see :class:`TinyRuns`)."""
+    return TinyRuns(pipes)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
-from genmo_teacache.caches import METHODS, parse_mode
+from genmo_teacache.caches import METHODS, observed_method
 from genmo_teacache.caches.reuse import AfterFirstBlock, Blocks, Model
 from genmo_teacache.generate import GenerationSettings
 from genmo_teacache.sampler import sample_model
@@ -18,6 +19,14 @@ STEPS = 8
 # others, with two computed steps before some skip (a forecast of order 1), and its "threshold 0" that computes every
 # step; every registered method that caches (a modifier needs one)
 METHOD_MODES = {m.key: m.test_modes for m in METHODS if m.enabled}
+# the method a modifier is tried with in the default (fast) stage: the one the registry observes (TeaCache); every
+# other method with it runs in the slow stage (``-m slow``), the contract suite covers every method in both
+FAST_METHOD = observed_method().key
+
+
+def method_params() -> list:
+    """METHOD_MODES' keys as parameters, each but FAST_METHOD marked slow (their test ids stay the keys)."""
+    return [pytest.param(key, marks=() if key == FAST_METHOD else pytest.mark.slow) for key in METHOD_MODES]
 
 
 def conditioning(pipe, batched, prompt="a red car drives through the snowy city"):
@@ -29,20 +38,10 @@ def conditioning(pipe, batched, prompt="a red car drives through the snowy city"
 
 
 def sample(pipe, cond, cache, seed=0, steps=STEPS, **kw):
+    """A fresh run (to watch with hooks); ``tiny_runs.sample`` serves a plain one that other tests share."""
     args = GenerationSettings(width=64, height=64, num_frames=7, num_steps=steps).sampler_args(seed)
     with torch.inference_mode():
         return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **args, **kw)
-
-
-_PLAIN: dict = {}
-
-
-def plain(pipe, mode, calibration):
-    """The unbatched run of ``mode`` without modifiers (default prompt and seed), computed once per pipeline."""
-    key = (pipe, mode)
-    if key not in _PLAIN:
-        _PLAIN[key] = sample(pipe, conditioning(pipe, False), parse_mode(mode, calibration))
-    return _PLAIN[key]
 
 
 class Recorder:

@@ -1,7 +1,7 @@
 """The CFG cache (+cfg, FasterCache's CFG-Cache): its schedule and mode names, the frequency split and the
 reconstruction worked out by hand and against an independent numpy version of the published formula, a 64-step
 transcription of FasterCache's Mochi sampler, stale differences, and real tiny runs watched with hooks, with every
-registered method (METHOD_MODES).
+registered method (METHOD_MODES: TeaCache in the default stage, the others with ``-m slow``).
 
 The oracle's weights are read from FasterCache's Mochi sampler (Vchitect/FasterCache 02d05ef,
 ``fastercache/models/genmo/mochi_preview/pipelines.py``, ``sample_model_fastercache``), written here as numbers, not
@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, plain, sample
+from _modifier_helpers import METHOD_MODES, STEPS, Recorder, conditioning, method_params, sample
 from click.testing import CliRunner
 
 from genmo_teacache.caches import CacheConfig, parse_mode
@@ -30,7 +30,6 @@ from genmo_teacache.caches.cfgcache import (
 )
 from genmo_teacache.caches.pattern import CondOnlyPattern, PatternPolicy
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
 FC_HIGH, FC_LOW = 1.25, 1.15  # FasterCache's Mochi sampler (see the module docstring)
 FC_HIGH_FROM, FC_LOW_UNTIL, FC_RECORD_FROM = 30, 50, 20
@@ -43,12 +42,6 @@ def fastercache_cond_only(cnt):
 @pytest.fixture(scope="module")
 def cal(method_calibration):
     return method_calibration
-
-
-@pytest.fixture(scope="module")
-def pipes(tiny_model_dir):
-    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
-            for mode in ("sdpa", "flash")}
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -294,12 +287,13 @@ def published_uncond(cond, delta_low, delta_high):
     return frames.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
-def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pipes, cal, monkeypatch):
+@pytest.mark.parametrize("key", method_params())
+def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pipes, tiny_runs, cal, monkeypatch):
     """Hooks record every DiT output of a real run; on each cond-only step the uncond output the sampler combines
     must equal FasterCache's reconstruction from those outputs, bit for bit, and no uncond forward ran."""
     pipe = pipes["sdpa"]
     cache = parse_mode(f"{METHOD_MODES[key][0]}+cfg_s2_h3_l4", cal)
+    base = tiny_runs.sample("sdpa", parse_mode(METHOD_MODES[key][0], cal))  # the method alone, before the spy below
     filled = {}
     fill = CfgCacheState.fill
 
@@ -341,7 +335,6 @@ def test_a_skipped_uncond_branch_is_the_published_reconstruction_exactly(key, pi
     assert weighted, "no cond-only step was weighted"
     if key == "teacache":  # its pattern puts cond-only steps in both weighting regimes
         assert weighted == {"high", "low"}
-    base = plain(pipe, METHOD_MODES[key][0], cal)
     assert [r.computed for r in base.report.steps] == [r.computed for r in steps]
     assert not torch.equal(base.latents, result.latents)
 
@@ -368,14 +361,12 @@ def test_a_real_run_refreshes_a_stale_difference(pipes):
     assert result.report.to_dict()["steps"][13]["difference_age"] == 2
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
-def test_a_schedule_that_never_drops_uncond_is_bit_identical_to_the_plain_method(key, pipes, cal):
-    pipe = pipes["sdpa"]
-    cond = conditioning(pipe, False)
+@pytest.mark.parametrize("key", method_params())
+def test_a_schedule_that_never_drops_uncond_is_bit_identical_to_the_plain_method(key, tiny_runs, cal):
     mode = METHOD_MODES[key][0]
-    base = plain(pipe, mode, cal)
+    base = tiny_runs.sample("sdpa", parse_mode(mode, cal))
     for suffix in ("cfg_i1", "cfg"):  # every step runs both; the default starts at step 22 of 64
-        other = sample(pipe, cond, parse_mode(f"{mode}+{suffix}", cal))
+        other = tiny_runs.sample("sdpa", parse_mode(f"{mode}+{suffix}", cal))
         assert other.report.dit_calls == base.report.dit_calls and other.report.cond_only_steps == 0
         assert torch.equal(other.latents, base.latents), suffix
     assert "cond-only" in other.report.warnings[-1]

@@ -13,7 +13,6 @@ from genmo_teacache.caches import METHODS, observed_method, parse_mode
 from genmo_teacache.caches.indicators import INDICATORS
 from genmo_teacache.caches.reuse import REUSE_POINTS
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
 
 # method key -> (a mode that skips some steps of an 8-step tiny run, its equivalent of threshold 0)
@@ -26,21 +25,8 @@ def calibration(method_calibration):
     return method_calibration
 
 
-@pytest.fixture(scope="module")
-def pipes(tiny_model_dir):
-    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
-            for mode in ("sdpa", "flash")}
-
-
-def conditioning(pipe, batched, prompt="a red car drives through the snowy city"):
-    from genmo.mochi_preview.pipelines import get_conditioning
-
-    with torch.inference_mode():
-        return get_conditioning(pipe.tokenizer, pipe.text_encoder, pipe.device, batched, prompt=prompt,
-                                negative_prompt="")
-
-
 def sample(pipe, cond, cache, seed=0):
+    """A fresh run (``tiny_runs.sample`` serves the runs several tests share)."""
     args = GenerationSettings(width=64, height=64, num_frames=7, num_steps=STEPS).sampler_args(seed)
     with torch.inference_mode():
         return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **args)
@@ -82,19 +68,18 @@ def test_mode_names_round_trip(key, calibration):
 
 
 @pytest.mark.parametrize("key", list(CONTRACT))
-def test_zero_threshold_computes_every_step_bit_identical_to_the_baseline(key, pipes, calibration):
-    pipe = pipes["sdpa"]
-    cond = conditioning(pipe, False)
-    base = sample(pipe, cond, parse_mode("baseline"))
-    zero = sample(pipe, cond, parse_mode(CONTRACT[key][1], calibration))
+def test_zero_threshold_computes_every_step_bit_identical_to_the_baseline(key, tiny_runs, calibration):
+    """The baseline is upstream's sample_model (with caching off ours gives its latents bit for bit: core's
+    test_sampler), so that the baseline's own "threshold 0" is compared with another run too."""
+    base = tiny_runs.upstream("sdpa")
+    zero = tiny_runs.sample("sdpa", parse_mode(CONTRACT[key][1], calibration))
     assert all(decisions(zero)) and zero.report.dit_calls == 2 * STEPS
-    assert torch.equal(zero.latents, base.latents)
+    assert torch.equal(zero.latents, base)
 
 
 @pytest.mark.parametrize("key", list(CONTRACT))
-def test_first_and_last_steps_computed_and_the_report_is_json(key, pipes, calibration):
-    pipe = pipes["sdpa"]
-    result = sample(pipe, conditioning(pipe, False), parse_mode(CONTRACT[key][0], calibration))
+def test_first_and_last_steps_computed_and_the_report_is_json(key, tiny_runs, calibration):
+    result = tiny_runs.sample("sdpa", parse_mode(CONTRACT[key][0], calibration))
     steps = decisions(result)
     assert steps[0] and steps[-1]
     if key != "baseline":
@@ -105,22 +90,22 @@ def test_first_and_last_steps_computed_and_the_report_is_json(key, pipes, calibr
 
 
 @pytest.mark.parametrize("key", list(CONTRACT))
-def test_reset_isolates_generations(key, pipes, calibration):
-    """A, then B (another prompt and seed), then A again: A's latents and decisions come back exactly."""
+def test_reset_isolates_generations(key, pipes, tiny_runs, calibration):
+    """A, then B (another prompt and seed), then A again: A's latents and decisions come back exactly. The first A
+    is the session's run of that mode (``tiny_runs``, made on the same pipeline with an equal config), so this also
+    checks that a kept run is what a fresh run gives; B and the second A run here, with one config object."""
     pipe = pipes["sdpa"]
     cache = parse_mode(CONTRACT[key][0], calibration)
-    cond_a, cond_b = conditioning(pipe, False), conditioning(pipe, False, "an astronaut rides a horse")
-    first = sample(pipe, cond_a, cache)
-    sample(pipe, cond_b, cache, seed=3)
-    again = sample(pipe, cond_a, cache)
+    first = tiny_runs.sample("sdpa", cache)
+    sample(pipe, tiny_runs.conditioning("sdpa", False, "an astronaut rides a horse"), cache, seed=3)
+    again = sample(pipe, tiny_runs.conditioning("sdpa", False), cache)
     assert decisions(again) == decisions(first) and torch.equal(again.latents, first.latents)
 
 
 @pytest.mark.parametrize("key", list(CONTRACT))
-def test_batched_and_unbatched_cfg_decide_alike(key, pipes, calibration):
-    pipe = pipes["flash"]  # varlen attention: batched CFG runs on CPU too
-    cache = parse_mode(CONTRACT[key][0], calibration)
-    unbatched = sample(pipe, conditioning(pipe, False), cache)
-    batched = sample(pipe, conditioning(pipe, True), cache)
+def test_batched_and_unbatched_cfg_decide_alike(key, tiny_runs, calibration):
+    cache = parse_mode(CONTRACT[key][0], calibration)  # on flash (varlen attention): batched CFG runs on CPU too
+    unbatched = tiny_runs.sample("flash", cache)
+    batched = tiny_runs.sample("flash", cache, batched=True)
     assert decisions(batched) == decisions(unbatched)
     assert batched.report.dit_calls * 2 == unbatched.report.dit_calls

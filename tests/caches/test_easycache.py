@@ -11,7 +11,6 @@ import torch
 from genmo_teacache.caches import parse_mode
 from genmo_teacache.caches.easycache import DEFAULT_WARMUP, EasyCache
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
 
 
@@ -133,8 +132,8 @@ def test_bad_configs_name_the_value(kw, fragment):
 # -- on the tiny model ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    return TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode="sdpa"), device="cpu")
+def pipe(pipes):
+    return pipes["sdpa"]  # the session's
 
 
 def _abs_sum(t):

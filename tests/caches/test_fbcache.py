@@ -12,7 +12,6 @@ import torch
 from genmo_teacache.caches import parse_mode
 from genmo_teacache.caches.fbcache import FirstBlockCache
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
 
 
@@ -76,8 +75,8 @@ def test_bad_threshold_names_the_value():
 # -- on the tiny model ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_dir):
-    return TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode="sdpa"), device="cpu")
+def pipe(pipes):
+    return pipes["sdpa"]  # the session's
 
 
 def test_skipped_step_is_first_block_plus_cached_residual_of_the_rest(pipe):

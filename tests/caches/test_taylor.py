@@ -1,6 +1,6 @@
 """Forecasting on skipped steps (+taylor<order>[s]): TaylorSeer's finite-difference formulas worked out by hand,
 against an independent float64 implementation of its recursion, and on real tiny runs watched with hooks, with every
-registered method (METHOD_MODES)."""
+registered method (METHOD_MODES: TeaCache in the default stage, the others with ``-m slow``)."""
 
 import math
 
@@ -14,7 +14,7 @@ from _modifier_helpers import (
     conditioning,
     entry_and_quantity,
     entry_of_skip,
-    plain,
+    method_params,
     sample,
 )
 
@@ -22,18 +22,11 @@ from genmo_teacache.caches import CacheConfig, parse_mode
 from genmo_teacache.caches.pattern import PatternPolicy
 from genmo_teacache.caches.taylor import Taylor, forecast, taylor_weights
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
 
 @pytest.fixture(scope="module")
 def cal(method_calibration):
     return method_calibration
-
-
-@pytest.fixture(scope="module")
-def pipes(tiny_model_dir):
-    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
-            for mode in ("sdpa", "flash")}
 
 
 def t(*values):
@@ -162,9 +155,9 @@ def check_forecasts(result, rec, method, order, state) -> int:
     return used
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
+@pytest.mark.parametrize("key", method_params())
 @pytest.mark.parametrize("variant", ["taylor2", "taylor1s"])
-def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, cal):
+def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, tiny_runs, cal):
     """A forced pattern (computed 0, 1, 2, 4, 6, 7) with the method's indicator and reuse: step 3 forecasts from
     steps 0-2, step 5 from steps 1, 2, 4 (uneven)."""
     pipe = pipes["sdpa"]
@@ -177,13 +170,13 @@ def test_a_skipped_step_reuses_the_forecast_exactly(key, variant, pipes, cal):
         result = sample(pipe, conditioning(pipe, False), cache, policy=policy)
     assert [r.step for r in result.report.steps if not r.computed] == [3, 5]
     assert check_forecasts(result, rec, cache.method, cache.modifiers[0].order, state) == 4
-    without = sample(pipe, conditioning(pipe, False), CacheConfig(cache.method), policy=policy)
+    without = tiny_runs.sample("sdpa", CacheConfig(cache.method), computed=frozenset(policy.computed))
     assert not torch.equal(result.latents, without.latents)
     assert result.report.to_dict()["cache"]["modifiers"][0]["name"] == variant
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
-def test_with_the_methods_own_decisions(key, pipes, cal):
+@pytest.mark.parametrize("key", method_params())
+def test_with_the_methods_own_decisions(key, pipes, tiny_runs, cal):
     pipe = pipes["sdpa"]
     cache = parse_mode(f"{METHOD_MODES[key][0]}+taylor1", cal)
     sigmas = GenerationSettings(width=64, height=64, num_frames=7, num_steps=STEPS).sampler_args(0)["sigma_schedule"]
@@ -192,31 +185,28 @@ def test_with_the_methods_own_decisions(key, pipes, cal):
     with Recorder(pipe.dit, sigmas) as rec:
         result = sample(pipe, conditioning(pipe, False), cache)
     assert check_forecasts(result, rec, cache.method, 1, state) > 0, "no skip after two computed steps"
-    base = plain(pipe, METHOD_MODES[key][0], cal)
+    base = tiny_runs.sample("sdpa", parse_mode(METHOD_MODES[key][0], cal))
     assert [r.computed for r in base.report.steps] == [r.computed for r in result.report.steps]
     assert not torch.equal(result.latents, base.latents)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
-def test_order_0_or_no_skip_is_bit_identical_to_the_plain_method(key, pipes, cal):
-    pipe = pipes["sdpa"]
-    cond = conditioning(pipe, False)
+@pytest.mark.parametrize("key", method_params())
+def test_order_0_or_no_skip_is_bit_identical_to_the_plain_method(key, tiny_runs, cal):
     skipping, zero = METHOD_MODES[key]
-    base = plain(pipe, skipping, cal)
-    order0 = sample(pipe, cond, parse_mode(f"{skipping}+taylor0", cal))
+    base = tiny_runs.sample("sdpa", parse_mode(skipping, cal))
+    order0 = tiny_runs.sample("sdpa", parse_mode(f"{skipping}+taylor0", cal))
     assert base.report.skipped_steps > 0
     assert torch.equal(order0.latents, base.latents)
-    never = sample(pipe, cond, parse_mode(f"{zero}+taylor2", cal))
+    never = tiny_runs.sample("sdpa", parse_mode(f"{zero}+taylor2", cal))
     assert never.report.skipped_steps == 0
-    assert torch.equal(never.latents, plain(pipe, "baseline", cal).latents)
+    assert torch.equal(never.latents, tiny_runs.sample("sdpa", parse_mode("baseline")).latents)
 
 
-@pytest.mark.parametrize("key", list(METHOD_MODES))
-def test_batched_and_unbatched_cfg_decide_alike(key, pipes, cal):
-    pipe = pipes["flash"]  # varlen attention: batched CFG runs on CPU too
-    cache = parse_mode(f"{METHOD_MODES[key][0]}+taylor2", cal)
-    unbatched = sample(pipe, conditioning(pipe, False), cache)
-    batched = sample(pipe, conditioning(pipe, True), cache)
+@pytest.mark.parametrize("key", method_params())
+def test_batched_and_unbatched_cfg_decide_alike(key, tiny_runs, cal):
+    cache = parse_mode(f"{METHOD_MODES[key][0]}+taylor2", cal)  # on flash (varlen attention): batched CFG on CPU too
+    unbatched = tiny_runs.sample("flash", cache)
+    batched = tiny_runs.sample("flash", cache, batched=True)
     assert [r.computed for r in batched.report.steps] == [r.computed for r in unbatched.report.steps]
     assert batched.report.dit_calls * 2 == unbatched.report.dit_calls
     assert batched.report.skipped_steps > 0

@@ -7,15 +7,7 @@ import torch
 
 from genmo_teacache.caches import parse_mode
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 from genmo_teacache.sampler import sample_model
-
-
-@pytest.fixture(scope="module")
-def pipes(tiny_model_dir):
-    """sdpa (unbatched CFG only, as upstream) and flash (varlen attention: batched CFG works too)."""
-    return {mode: TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir, attention_mode=mode), device="cpu")
-            for mode in ("sdpa", "flash")}
 
 
 def conditioning(pipe, batched, prompt="a red car drives through the snowy city"):
@@ -35,27 +27,19 @@ def ours(pipe, cond, cache=None, **kw):
         return sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), cache=cache, progress=False, **kw)
 
 
-def upstream(pipe, cond, **kw):
-    from genmo.mochi_preview.pipelines import sample_model as upstream_sample_model
-
-    # upstream autocasts on "cuda" only; on CPU the caller supplies the autocast, as our sampler does itself
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        return upstream_sample_model(pipe.device, pipe.dit, copy.deepcopy(cond), **kw)
-
-
-@pytest.mark.parametrize("seed, size", [(0, dict(width=64, height=64, num_frames=7)),
-                                        (7, dict(width=96, height=64, num_frames=13))])
+@pytest.mark.parametrize("seed, size", [(0, dict(width=64, height=64, num_frames=7, steps=8)),
+                                        (7, dict(width=96, height=64, num_frames=13, steps=6))])
 @pytest.mark.parametrize("attention, batched", [("sdpa", False), ("flash", True)])
-def test_caching_off_is_bit_identical_to_upstream(pipes, attention, batched, seed, size):
-    pipe = pipes[attention]
-    cond = conditioning(pipe, batched)
-    a = args(seed, **size)
-    expected = upstream(pipe, cond, **a)
-    base = ours(pipe, cond, **a)
+def test_caching_off_is_bit_identical_to_upstream(tiny_runs, attention, batched, seed, size):
+    """Upstream's sample_model under a CPU autocast (it autocasts on "cuda" only; ours supplies its own on CPU). The
+    first size is the 8-step run the caches' contract compares every method's threshold 0 with."""
+    expected = tiny_runs.upstream(attention, batched=batched, seed=seed, **size)
+    base = tiny_runs.sample(attention, parse_mode("baseline"), batched=batched, seed=seed, **size)
     assert torch.equal(base.latents, expected)
-    assert base.report.computed_steps == 6 and base.report.dit_calls == (6 if batched else 12)
+    steps = size["steps"]
+    assert base.report.computed_steps == steps and base.report.dit_calls == (steps if batched else 2 * steps)
     # threshold 0 goes through the cached phases and must compute every step, bit for bit
-    zero = ours(pipe, cond, parse_mode("fixed_0.0"), **a)
+    zero = tiny_runs.sample(attention, parse_mode("fixed_0.0"), batched=batched, seed=seed, **size)
     assert zero.report.skipped_steps == 0 and torch.equal(zero.latents, expected)
 
 
@@ -93,12 +77,10 @@ def test_skipped_step_output_is_final_layer_of_x_plus_cached_residual(pipes):
     assert not torch.equal(residual["cond"], residual["uncond"])  # each branch keeps its own residual
 
 
-def test_batched_and_unbatched_cfg_decide_alike(pipes):
-    pipe = pipes["flash"]
+def test_batched_and_unbatched_cfg_decide_alike(tiny_runs):
     cache = parse_mode("fixed_0.15")
-    a = args(seed=3, steps=10)
-    unbatched = ours(pipe, conditioning(pipe, False), cache, **a).report
-    batched = ours(pipe, conditioning(pipe, True), cache, **a).report
+    unbatched = tiny_runs.sample("flash", cache, seed=3, steps=10).report
+    batched = tiny_runs.sample("flash", cache, batched=True, seed=3, steps=10).report
     assert [r.computed for r in unbatched.steps] == [r.computed for r in batched.steps]
     assert 0 < unbatched.skipped_steps < 8
     for u, b in zip(unbatched.steps[1:], batched.steps[1:]):
@@ -116,11 +98,9 @@ def test_generations_in_a_row_start_from_clean_state(pipes):
     assert [r.to_dict() for r in first.report.steps] == [r.to_dict() for r in again.report.steps]
 
 
-def test_caching_changes_the_result_within_reason(pipes):
-    pipe = pipes["sdpa"]
-    cond = conditioning(pipe, False)
-    base = ours(pipe, cond, **args(steps=8))
-    cached = ours(pipe, cond, parse_mode("fixed_0.3"), **args(steps=8))
+def test_caching_changes_the_result_within_reason(tiny_runs):
+    base = tiny_runs.sample("sdpa", parse_mode("baseline"))
+    cached = tiny_runs.sample("sdpa", parse_mode("fixed_0.3"))
     assert cached.report.skipped_steps > 0
     diff = (cached.latents - base.latents).abs()
     assert 0 < diff.mean() < base.latents.abs().mean()

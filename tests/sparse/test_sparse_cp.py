@@ -40,7 +40,10 @@ def forward(config):
     return out, state.end_step()
 
 
-def _rank(rank, world, init_file, out_dir, token):
+CONFIGS = [SparseHeads(0.4, warmup=0), SparseTile(0.3, warmup=0), SparseTopK(0.3)]
+
+
+def _rank(rank, world, init_file, out_dir, tokens):
     import genmo.mochi_preview.dit.joint_model.context_parallel as cp
 
     from genmo_teacache.sparse import parse_sparse
@@ -49,22 +52,32 @@ def _rank(rank, world, init_file, out_dir, token):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     cp.set_cp_group(dist.new_group(list(range(world))), list(range(world)), rank)
     assert cp.get_cp_rank_size() == (rank, world)
-    out, record = forward(parse_sparse(token))
-    torch.save(out, os.path.join(out_dir, f"out{rank}.pt"))
-    with open(os.path.join(out_dir, f"record{rank}.json"), "w") as f:
-        json.dump(record, f)
+    for i, token in enumerate(tokens):
+        out, record = forward(parse_sparse(token))
+        torch.save(out, os.path.join(out_dir, f"out{i}_{rank}.pt"))
+        with open(os.path.join(out_dir, f"record{i}_{rank}.json"), "w") as f:
+            json.dump(record, f)
     dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every config's forward on two ranks, from one launch (starting the ranks and gloo costs far more than the
+    tiny forwards): the folder of ``out{config}_{rank}.pt`` and ``record{config}_{rank}.json``."""
+    out = tmp_path_factory.mktemp("sparse_cp")
+    mp.spawn(_rank, args=(2, str(out / "init"), str(out), [c.token for c in CONFIGS]), nprocs=2, join=True)
+    return out
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [SparseHeads(0.4, warmup=0), SparseTile(0.3, warmup=0), SparseTopK(0.3)])
-def test_two_context_parallel_ranks_match_one_process(config, tmp_path):
+@pytest.mark.parametrize("config", CONFIGS)
+def test_two_context_parallel_ranks_match_one_process(config, two_ranks):
     expected, expected_record = forward(config)
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path), config.token), nprocs=2, join=True)
+    i = CONFIGS.index(config)
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"out{rank}.pt")
+        got = torch.load(two_ranks / f"out{i}_{rank}.pt")
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-        record = json.loads((tmp_path / f"record{rank}.json").read_text())
+        record = json.loads((two_ranks / f"record{i}_{rank}.json").read_text())
         assert record["layer_density"] == pytest.approx(expected_record["layer_density"], abs=1e-5)
         if "spatial_heads" in expected_record:
             assert record["spatial_heads"] == expected_record["spatial_heads"]  # summed over the ranks' heads
