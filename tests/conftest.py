@@ -135,3 +135,50 @@ class TinyRuns:
 def tiny_runs(pipes) -> TinyRuns:
     """Tiny generations shared by the whole session (see :class:`TinyRuns`)."""
     return TinyRuns(pipes)
+
+
+class SharedRanks:
+    """The session's one two-rank CPU pipeline (real Ray, gloo, FSDP), started on first use and shared by the tests
+    that only generate on it, instead of each starting ranks of its own. It starts Ray itself, as a user's run does
+    (one logical CPU per rank, none spare), so a test that needs Ray to itself (ranks of another layout or number, a
+    rank made to fail, a cluster too small) asks for ``own_ray``, which closes it; its next user starts it again.
+    The tests that need their own Ray run before the users of this one, so a stage starts it once."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self.pipe, self.starts = model_dir, None, 0
+
+    def get(self):
+        from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
+        from genmo_teacache.pipelines import factories_for
+
+        if self.pipe is None or not self.pipe.ctxs:  # not started yet, or closed (by a failure or by own_ray)
+            self.pipe = TeaCacheMultiGPUPipeline(**factories_for(self.model_dir), world_size=2, device_type="cpu")
+            self.starts += 1
+        return self.pipe
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+
+@pytest.fixture(scope="session")
+def shared_ranks(tiny_model_dir):
+    ranks = SharedRanks(tiny_model_dir)
+    yield ranks
+    ranks.close()
+
+
+@pytest.fixture
+def two_ranks(shared_ranks):
+    """The session's two-rank pipeline (see :class:`SharedRanks`)."""
+    return shared_ranks.get()
+
+
+@pytest.fixture
+def own_ray(shared_ranks):
+    """No Ray in this process when the test starts: the session's two ranks are closed first (and Ray with them)."""
+    import ray
+
+    shared_ranks.close()
+    assert not ray.is_initialized(), "a Ray that the session's two ranks did not start is still up"

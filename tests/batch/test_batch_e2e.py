@@ -23,8 +23,6 @@ from genmo_teacache.batch.naming import prompt_stem
 from genmo_teacache.files import TMP_PREFIX
 from genmo_teacache.video import read_video
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).parents[2]
 PROMPTS = ["a cat playing the piano", "a red/blue ball"]  # the second one needs a safe file name
 MODES = ["baseline", "fixed_0.1", "mochi_fixed_0.3"]
@@ -111,6 +109,7 @@ def killed_and_resumed(tiny_model_dir, prompts_file, tmp_path_factory) -> dict:
     return {"out": out, "before": before, "rerun_s": time.monotonic() - t0, "stdout": rerun.stdout}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_completes_exactly_the_missing_jobs(killed_and_resumed):
     out, before = killed_and_resumed["out"], killed_and_resumed["before"]
     log = check_outputs(out)
@@ -121,6 +120,7 @@ def test_kill_and_resume_completes_exactly_the_missing_jobs(killed_and_resumed):
     assert "| baseline | 2 |" in killed_and_resumed["stdout"]  # the latency summary
 
 
+@pytest.mark.slow
 def test_ray_workers_produce_the_same_files_and_redo_a_killed_job(tiny_model_dir, prompts_file, tmp_path,
                                                                  killed_and_resumed):
     out = tmp_path / "ray"
@@ -143,6 +143,7 @@ def test_ray_workers_produce_the_same_files_and_redo_a_killed_job(tiny_model_dir
         assert np.abs(a - b).max() <= 2, v
 
 
+@pytest.mark.slow
 def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir, prompts_file, tmp_path,
                                                                   killed_and_resumed):
     """The sweep resumes on the videos of the batch above (same prompts, modes and settings, so nothing is
@@ -173,6 +174,7 @@ def test_sweep_on_finished_videos_writes_a_table_naming_the_best(tiny_model_dir,
     assert (out / "sweep_results.md").read_text() in proc.stdout
 
 
+# the default stage's batch end to end (one real video, in process); the tests above are the slow stage's
 def test_a_failing_job_is_reported_and_does_not_stop_the_others(tiny_model_dir, prompts_file, tmp_path):
     out = tmp_path / "out"
     (out / "reports").mkdir(parents=True)

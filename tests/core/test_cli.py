@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--width", "64", "--height", "64", "--num_frames", "13", "--num_steps", "8", "--prompt", "a cat"]
 
 
+@pytest.mark.slow
 def test_demo_cli_end_to_end(tiny_model_dir, tmp_path):
     video = tmp_path / "out" / "cat.mp4"
     cmd = [sys.executable, str(REPO / "demos" / "cli_teacache.py"), "--model_dir", str(tiny_model_dir), *SMALL,
@@ -96,6 +97,7 @@ def test_atomic_writes_leave_usual_permissions(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.slow
 def test_default_mode_runs_at_the_tiny_models_16_steps(tiny_model_dir, tmp_path):
     """No cache option: the default adaptive_0.12_0.04 (high phase 34 steps) runs at 16 steps, cut there as the
     reference does, and says so in the output and the sidecar."""
@@ -109,6 +111,7 @@ def test_default_mode_runs_at_the_tiny_models_16_steps(tiny_model_dir, tmp_path)
     assert "never start" in warning and "never start" in res.output
 
 
+@pytest.mark.slow
 def test_delta_temni_with_the_baseline(tiny_model_dir, tmp_path):
     """--no_teacache --delta_temni_plot records the indicator of an uncached run (it crashed after loading)."""
     video = tmp_path / "base.mp4"

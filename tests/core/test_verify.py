@@ -10,9 +10,14 @@ from genmo_teacache.verify import verify_command
 SMALL = ["--width", "64", "--height", "64", "--num_frames", "13", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--num_gpus", "2"], ["--num_gpus", "2", "--cfg_parallel"],
-                                   ["--low_memory", "--dit_dtype", "bf16"]])  # a memory option changes no number
-def test_ours_with_caching_off_is_upstreams_result(tiny_model_dir, tmp_path, extra):
+# the slow stage: the ranks' layouts start Ray and ranks of their own (the default stage runs ranks in tests/multigpu);
+# a memory option changes no number (tests/core/test_low_memory.py checks its latents too)
+@pytest.mark.parametrize("extra", [[], pytest.param(["--num_gpus", "2"], marks=pytest.mark.slow),
+                                   pytest.param(["--num_gpus", "2", "--cfg_parallel"], marks=pytest.mark.slow),
+                                   pytest.param(["--low_memory", "--dit_dtype", "bf16"], marks=pytest.mark.slow)])
+def test_ours_with_caching_off_is_upstreams_result(tiny_model_dir, tmp_path, extra, request):
+    if "--num_gpus" in extra:
+        request.getfixturevalue("own_ray")  # its ranks need the CPUs the session's two ranks would hold
     out = tmp_path / "verdict.json"
     res = CliRunner().invoke(verify_command, ["--model_dir", str(tiny_model_dir), *SMALL, *extra, "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -32,6 +37,7 @@ def test_a_difference_is_reported_and_fails(tiny_model_dir):
     assert "NOT bit-identical: max |difference|" in res.output and "fixed_0.3" in res.output
 
 
+@pytest.mark.slow
 def test_a_sparse_attention_shows_its_distance_named_with_its_speed_options(tiny_model_dir):
     """Issue 22: verify takes the sparse-attention speed option and reports how far it moves the latents, naming it;
     256 x 256 so that the 2x8x8 tiles make more than one block (a window can drop some)."""

@@ -22,8 +22,6 @@ from genmo_teacache.eval.cli import evaluate_command
 from genmo_teacache.eval.grid import _resize
 from genmo_teacache.video import read_video
 
-pytestmark = pytest.mark.slow
-
 # the first is a temporal_flickering prompt of VBench (so the VBench bars have a score); the second needs escaping
 # in HTML and in URLs, and a mapped file name
 PROMPTS = ["In a still frame, a stop sign", 'a <b>cat</b> & "dog" #1? 100%']

@@ -1,12 +1,13 @@
 """The modifiers (+cfg, +taylor) on two context-parallel CPU ranks through real Ray, gloo and FSDP: both ranks take
 the same decisions and drop the same branches, and the latents equal one process's bit for bit (the CFG cache's
-FFT works on the all-gathered outputs; the forecast on each rank's shard of the residual). One 2-rank pipeline."""
+FFT works on the all-gathered outputs; the forecast on each rank's shard of the residual). The session's 2-rank
+pipeline (conftest's SharedRanks)."""
 
+import pytest
 import torch
 
 from genmo_teacache.caches import parse_mode
 from genmo_teacache.generate import GenerationSettings
-from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
 from genmo_teacache.pipelines import TeaCacheSingleGPUPipeline, factories_for
 
 SETTINGS = GenerationSettings(width=96, height=64, num_frames=13, num_steps=8)  # 72 tokens, split over 2 ranks
@@ -22,16 +23,12 @@ def generate(pipe, seed=5):
                              **SETTINGS.sampler_args(seed))
 
 
-def test_two_ranks_drop_the_same_branches_and_match_one_process(tiny_model_dir):
+def test_two_ranks_drop_the_same_branches_and_match_one_process(tiny_model_dir, two_ranks):
     expected = generate(TeaCacheSingleGPUPipeline(**factories_for(tiny_model_dir), device="cpu"))
     branches = [r.branches for r in expected.report.steps]
     assert ["cond"] in branches and [] in branches, "the run should have cond-only and skipped steps"
-    pipe = TeaCacheMultiGPUPipeline(**factories_for(tiny_model_dir), world_size=2, device_type="cpu")
-    try:
-        got = generate(pipe)
-        ranks = pipe.rank_results
-    finally:
-        pipe.close()
+    got = generate(two_ranks)
+    ranks = two_ranks.rank_results
     assert ranks[0]["branches"] == ranks[1]["branches"] == branches
     assert ranks[0]["decisions"] == ranks[1]["decisions"] == [r.computed for r in expected.report.steps]
     assert got.report.dit_calls == expected.report.dit_calls < 2 * SETTINGS.num_steps
@@ -59,6 +56,7 @@ def _cfg_parallel_rank(rank: int, port: int, model_dir: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_cfg_parallel_ranks_rebuild_uncond_from_the_exchanged_cond_output(tiny_model_dir, tmp_path):
     """CFG-parallel: on a cond-only step the uncond rank idles and both ranks rebuild the uncond output from the
     cond output they exchanged; the latents equal one process's bit for bit."""
