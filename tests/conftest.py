@@ -145,7 +145,7 @@ class SharedRanks:
     The tests that need their own Ray run before the users of this one, so a stage starts it once."""
 
     def __init__(self, model_dir: Path):
-        self.model_dir, self.pipe, self.starts = model_dir, None, 0
+        self.model_dir, self.pipe = model_dir, None
 
     def get(self):
         from genmo_teacache.multigpu import TeaCacheMultiGPUPipeline
@@ -153,7 +153,6 @@ class SharedRanks:
 
         if self.pipe is None or not self.pipe.ctxs:  # not started yet, or closed (by a failure or by own_ray)
             self.pipe = TeaCacheMultiGPUPipeline(**factories_for(self.model_dir), world_size=2, device_type="cpu")
-            self.starts += 1
         return self.pipe
 
     def close(self) -> None:
